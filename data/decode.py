@@ -1,0 +1,234 @@
+"""Video and image decoding: decord first, av (PyAV) as the fallback; images are 1-frame videos.
+
+All functions return uint8 frames `(F, H, W, 3)` (RGB) and raise `VideoDecodeError` naming the file on
+any failure (missing, empty, truncated, garbled, not a video). Resizing, when asked for, happens inside
+the decoder (decord's / ffmpeg's scaler), which is much cheaper than decoding at full size first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+Backend = Literal["auto", "decord", "av"]
+
+try:  # decord is optional at run time: av is always the fallback
+    import decord
+
+    decord.bridge.set_bridge("native")
+except Exception:  # pragma: no cover - depends on the platform's wheels
+    decord = None
+
+
+class VideoDecodeError(ValueError):
+    """A file could not be decoded; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a clip holds: frame count, frame rate, size (height, width) in pixels."""
+
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+
+
+def is_image(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTS
+
+
+def _check_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise VideoDecodeError(f"{path}: file does not exist")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(f"{path}: file is empty")
+    return path
+
+
+# ---------------------------------------------------------------- images
+
+
+def _image_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if size is not None and (im.height, im.width) != tuple(size):
+                im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+            return np.asarray(im, dtype=np.uint8)[None].copy()  # (1, H, W, 3)
+    except Exception as e:
+        raise VideoDecodeError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+# ---------------------------------------------------------------- decord
+
+
+def _decord_reader(path: Path, size: tuple[int, int] | None):
+    kwargs = {} if size is None else {"height": int(size[0]), "width": int(size[1])}
+    return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1, **kwargs)
+
+
+def _probe_decord(path: Path) -> VideoInfo:
+    vr = _decord_reader(path, None)
+    h, w = vr[0].shape[:2] if len(vr) else (0, 0)
+    return VideoInfo(num_frames=len(vr), fps=float(vr.get_avg_fps()), height=int(h), width=int(w))
+
+
+def _frames_decord(path: Path, indices: list[int], size: tuple[int, int] | None) -> np.ndarray:
+    vr = _decord_reader(path, size)
+    if indices and max(indices) >= len(vr):
+        raise VideoDecodeError(f"{path}: frame {max(indices)} requested but the file has {len(vr)}")
+    return vr.get_batch(indices).asnumpy()  # (F, H, W, 3)
+
+
+# ---------------------------------------------------------------- av
+
+
+def _probe_av(path: Path) -> VideoInfo:
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0) or 30.0
+        n = int(stream.frames or 0)
+        if n == 0:  # container does not store the count: decode to count (small clips / odd formats)
+            n = sum(1 for _ in container.decode(stream))
+        return VideoInfo(num_frames=n, fps=fps, height=int(stream.height), width=int(stream.width))
+
+
+def _frames_av(path: Path, indices: list[int], size: tuple[int, int] | None) -> np.ndarray:
+    import av
+
+    wanted: dict[int, list[int]] = {}
+    for out_pos, i in enumerate(indices):
+        wanted.setdefault(i, []).append(out_pos)
+    out: list[np.ndarray | None] = [None] * len(indices)
+    last = max(indices) if indices else -1
+    kwargs = {"format": "rgb24"}
+    if size is not None:
+        kwargs.update(height=int(size[0]), width=int(size[1]), interpolation="BILINEAR")
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                arr = frame.to_ndarray(**kwargs)  # (H, W, 3)
+                for pos in wanted[i]:
+                    out[pos] = arr
+            if i >= last:
+                break
+    if any(a is None for a in out):
+        got = sum(a is not None for a in out)
+        raise VideoDecodeError(f"{path}: only {got} of {len(indices)} requested frames could be decoded")
+    return np.stack(out)  # (F, H, W, 3)
+
+
+# ---------------------------------------------------------------- public API
+
+
+def _backends(backend: Backend) -> list[str]:
+    if backend not in ("auto", "decord", "av"):
+        raise ValueError(f"backend must be 'auto', 'decord' or 'av', got {backend!r}")
+    if backend == "decord" and decord is None:
+        raise ValueError("backend 'decord' requested but decord is not installed")
+    if backend == "auto":
+        return ["decord", "av"] if decord is not None else ["av"]
+    return [backend]
+
+
+def _try(path: Path, backend: Backend, fns: dict, *args):
+    errors = []
+    for name in _backends(backend):
+        try:
+            return fns[name](path, *args)
+        except VideoDecodeError as e:
+            errors.append(f"{name}: {e}")
+        except Exception as e:  # decord/av raise many types for broken files
+            errors.append(f"{name}: {type(e).__name__}: {e}")
+    raise VideoDecodeError(f"{path}: could not decode ({'; '.join(errors)})")
+
+
+def probe_video(path: str | Path, backend: Backend = "auto") -> VideoInfo:
+    """Frame count, fps and size of a video (an image is 1 frame at fps 1)."""
+    path = _check_file(path)
+    if is_image(path):
+        frame = _image_rgb(path, None)
+        return VideoInfo(num_frames=1, fps=1.0, height=frame.shape[1], width=frame.shape[2])
+    info = _try(path, backend, {"decord": _probe_decord, "av": _probe_av})
+    if info.num_frames < 1 or info.height < 1 or info.width < 1:
+        raise VideoDecodeError(f"{path}: no decodable frames")
+    return info
+
+
+def decode_frames(
+    path: str | Path, indices: list[int], size: tuple[int, int] | None = None, backend: Backend = "auto"
+) -> np.ndarray:
+    """Frames at the given 0-based indices, optionally resized to `size=(H, W)` -> uint8 (F, H, W, 3)."""
+    path = _check_file(path)
+    indices = [int(i) for i in indices]
+    if not indices or min(indices) < 0:
+        raise ValueError(f"{path}: indices must be a non-empty list of frame numbers >= 0, got {indices}")
+    if is_image(path):
+        if max(indices) > 0:
+            raise VideoDecodeError(f"{path}: an image has 1 frame, asked for frame {max(indices)}")
+        return np.repeat(_image_rgb(path, size), len(indices), axis=0)
+    frames = _try(path, backend, {"decord": _frames_decord, "av": _frames_av}, indices, size)
+    if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[-1] != 3:
+        raise VideoDecodeError(f"{path}: decoder returned frames of shape {frames.shape}")
+    return np.ascontiguousarray(frames, dtype=np.uint8)
+
+
+def frame_indices(
+    info: VideoInfo,
+    num_frames: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    stride: int = 1,
+    fps: float | None = None,
+) -> list[int]:
+    """Indices of every `stride`-th frame between `start` and `end` seconds (at most `num_frames`).
+
+    `fps` overrides the file's own rate for converting seconds to frames.
+    """
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    rate = fps or info.fps
+    first = 0 if start is None else max(0, int(math.floor(start * rate + 1e-6)))
+    stop = info.num_frames if end is None else min(info.num_frames, int(math.ceil(end * rate - 1e-6)))
+    idx = list(range(first, stop, stride))
+    if num_frames is not None:
+        idx = idx[:num_frames]
+    return idx
+
+
+def decode_video(
+    path: str | Path,
+    num_frames: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    stride: int = 1,
+    size: tuple[int, int] | None = None,
+    backend: Backend = "auto",
+) -> np.ndarray:
+    """Decode a video (or an image as 1 frame) -> uint8 (F, H, W, 3).
+
+    Takes every `stride`-th frame from `start` to `end` seconds, at most `num_frames` of them, resized
+    to `size=(H, W)` if given. Raises VideoDecodeError naming the file on any failure.
+    """
+    info = probe_video(path, backend)
+    idx = frame_indices(info, num_frames, start, end, stride)
+    if not idx:
+        raise VideoDecodeError(f"{path}: no frames between start={start} and end={end} s")
+    return decode_frames(path, idx, size, backend)
