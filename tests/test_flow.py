@@ -1,0 +1,148 @@
+"""Rectified-flow objective: shift schedule, timestep sampling, loss against a hand computation."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from videodit.flow import (
+    FlowConfig,
+    flow_loss,
+    interpolate,
+    sample_timesteps,
+    shift_mu,
+    shift_timesteps,
+    timestep_shift,
+)
+from videodit.patchify import spacetime_patchify
+
+PATCH = (1, 2, 2)
+
+
+class RecordingModel:
+    """Stand-in for VideoDiT.forward_packed: prediction = scale * input tokens; records its inputs."""
+
+    def __init__(self, scale: float = 0.5):
+        self.config = SimpleNamespace(patch=PATCH)
+        self.scale = scale
+        self.calls = []
+
+    def forward_packed(self, packed, timesteps):
+        self.calls.append((packed, timesteps.clone()))
+        return self.scale * packed.tokens
+
+
+def test_shift_monotone_in_token_count():
+    cfg = FlowConfig()
+    counts = [1, 16, 256, 257, 1000, 4096, 10000, 16384, 10**6]
+    shifts = [timestep_shift(n, cfg) for n in counts]
+    assert all(a <= b for a, b in zip(shifts, shifts[1:]))
+    inside = [timestep_shift(n, cfg) for n in (256, 1000, 4096, 10000, 16384)]
+    assert all(a < b for a, b in zip(inside, inside[1:]))  # strictly increasing inside the range
+    assert shifts[2] == pytest.approx(math.exp(cfg.base_shift))
+    assert shifts[7] == pytest.approx(math.exp(cfg.max_shift))
+    assert shift_mu((256 + 16384) // 2, cfg) == pytest.approx((cfg.base_shift + cfg.max_shift) / 2)
+    assert timestep_shift(10**6, FlowConfig(shift=False)) == 1.0
+
+
+def test_shift_timesteps_maps_unit_interval_and_pushes_up():
+    t = torch.linspace(0, 1, 11)
+    for s in (1.0, 2.0, 5.0):
+        out = shift_timesteps(t, s)
+        assert out[0] == 0 and out[-1] == pytest.approx(1.0)
+        assert torch.all(out[1:] >= out[:-1])
+        assert torch.all(out >= t - 1e-7)
+    torch.testing.assert_close(shift_timesteps(t, 1.0), t)
+    assert shift_timesteps(torch.tensor(0.5), 3.0).item() == pytest.approx(0.75)
+
+
+def test_sample_timesteps_logit_normal_and_shifted():
+    cfg = FlowConfig(shift=False)
+    t = sample_timesteps([100] * 20000, cfg, torch.Generator().manual_seed(0))
+    u = torch.logit(t.double())
+    assert abs(u.mean().item()) < 0.03 and abs(u.std().item() - 1.0) < 0.03
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    small = sample_timesteps([64] * 4000, FlowConfig(), g1)
+    big = sample_timesteps([16384] * 4000, FlowConfig(), g2)
+    assert torch.all(big >= small)  # same draws, larger shift
+    assert big.mean() > small.mean() + 0.1
+
+
+def test_flow_config_validation():
+    with pytest.raises(ValueError, match="max_tokens"):
+        FlowConfig(base_tokens=100, max_tokens=50)
+    with pytest.raises(ValueError, match="text_drop_prob"):
+        FlowConfig(text_drop_prob=1.5)
+    with pytest.raises(ValueError, match="logit_std"):
+        FlowConfig(logit_std=0.0)
+
+
+def _clips():
+    g = torch.Generator().manual_seed(1)
+    return (
+        [torch.randn(4, 3, 4, 6, generator=g), torch.randn(4, 1, 2, 2, generator=g)],  # 18 and 1 tokens
+        [torch.randn(5, 8, generator=g), torch.randn(2, 8, generator=g)],
+    )
+
+
+def test_flow_loss_matches_hand_computation():
+    latents, texts = _clips()
+    model = RecordingModel(scale=0.5)
+    cfg = FlowConfig(text_drop_prob=0.0)
+    loss, per_sample = flow_loss(model, latents, texts, cfg, torch.Generator().manual_seed(0))
+    packed, t = model.calls[0]
+    assert t.shape == (2,) and torch.all((t > 0) & (t < 1))
+    # recover each sample's noise from the model input and recompute the loss by hand
+    offsets = packed.cu_seqlens.tolist()
+    expected = []
+    for i, z in enumerate(latents):
+        x0, _ = spacetime_patchify(z, PATCH)  # (L_i, D_in)
+        xt = packed.tokens[offsets[i] : offsets[i + 1]]
+        noise = (xt - (1 - t[i]) * x0) / t[i]
+        v = noise - x0
+        expected.append(((0.5 * xt - v) ** 2).mean())
+        # the noise really is fresh Gaussian noise, not the data
+        assert not torch.allclose(noise, x0)
+    expected = torch.stack(expected)
+    torch.testing.assert_close(per_sample, expected, atol=1e-5, rtol=1e-5)
+    # per-sample mean, not a token mean: the 1-token sample counts as much as the 18-token one
+    torch.testing.assert_close(loss, expected.mean(), atol=1e-6, rtol=1e-6)
+    token_mean = (expected[0] * 18 + expected[1] * 1) / 19
+    assert not torch.isclose(loss, token_mean)
+    # text kept: the packed text is the concatenation of both prompts
+    assert packed.text.shape == (7, 8)
+
+
+def test_flow_loss_deterministic_for_generator_and_text_drop():
+    latents, texts = _clips()
+    a = flow_loss(RecordingModel(), latents, texts, FlowConfig(), torch.Generator().manual_seed(5))
+    b = flow_loss(RecordingModel(), latents, texts, FlowConfig(), torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a[1], b[1], rtol=0, atol=0)
+    model = RecordingModel()
+    flow_loss(model, latents, texts, FlowConfig(text_drop_prob=1.0), torch.Generator().manual_seed(5))
+    packed, _ = model.calls[0]
+    assert packed.text.shape[0] == 0
+    assert packed.text_cu_seqlens.tolist() == [0, 0, 0]
+
+
+def test_flow_loss_with_token_drop_uses_same_tokens_for_targets():
+    latents, texts = _clips()
+    model = RecordingModel(scale=0.0)  # pred = 0 -> per-sample loss = mean(v^2) over kept tokens
+    cfg = FlowConfig(text_drop_prob=0.0)
+    _, per_sample = flow_loss(model, latents, texts, cfg, torch.Generator().manual_seed(0), drop_rate=0.5)
+    packed, t = model.calls[0]
+    assert packed.seqlens == [9, 1]
+    offsets = packed.cu_seqlens.tolist()
+    for i, z in enumerate(latents):
+        x0, _ = spacetime_patchify(z, PATCH)
+        x0 = x0[packed.keep[i]]  # only the kept tokens
+        xt = packed.tokens[offsets[i] : offsets[i + 1]]
+        v = (xt - x0) / t[i]  # noise - x0 = (x_t - x0) / t
+        assert per_sample[i].item() == pytest.approx((v**2).mean().item(), rel=1e-4)
+
+
+def test_interpolate_endpoints():
+    x0, noise = torch.randn(3), torch.randn(3)
+    torch.testing.assert_close(interpolate(x0, noise, 0.0), x0)
+    torch.testing.assert_close(interpolate(x0, noise, 1.0), noise)

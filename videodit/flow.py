@@ -1,0 +1,140 @@
+"""Rectified flow (flow matching) objective for packed batches of videos of any shape.
+
+Forward process, per sample, t in [0, 1] (t = 1 is pure noise, the same convention as diffusers'
+FlowMatch schedulers where sigma = t):
+
+    x_t = (1 - t) * x0 + t * noise,        target velocity v = dx_t/dt = noise - x0.
+
+Timesteps: t = sigmoid(u), u ~ N(logit_mean, logit_std) (logit-normal, SD3), then shifted per sample by
+its token count. A sample with more tokens has more redundant pixels, so the same t destroys less of
+its signal; shifting t towards 1 keeps the signal-to-noise ratio the model sees comparable across
+resolutions and durations (SD3 / Flux / Open-Sora "resolution-dependent shift"):
+
+    mu(L) = base_shift + (max_shift - base_shift) * (L - base_tokens) / (max_tokens - base_tokens)
+    s     = exp(mu)              (L clamped to [base_tokens, max_tokens], so s stays in a known range)
+    t'    = s * t / (1 + (s - 1) * t)
+
+Each sample in a packed batch gets its own t' from its own L (its full token count, before NaViT token
+dropping). Sampling (`videodit.sampling`) uses exactly the same `timestep_shift`, so training and
+inference agree.
+
+Loss: mean squared velocity error over each sample's kept tokens (and channels), then the plain mean of
+those per-sample losses. Averaging over all tokens of the packed batch instead would weight each sample
+by its token count: one 64-frame 720p clip would outweigh dozens of images packed beside it, and the
+effective objective would change with the packing. Per-sample means make every clip count once, as in
+an ordinary padded batch, and keep the loss scale independent of how many tokens were dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from videodit.packing import num_tokens, pack, pack_like
+
+
+@dataclass
+class FlowConfig:
+    logit_mean: float = 0.0  # u ~ N(logit_mean, logit_std), t = sigmoid(u)
+    logit_std: float = 1.0
+    shift: bool = True  # resolution/duration-dependent timestep shift on/off
+    base_tokens: int = 256  # token count at which mu = base_shift
+    max_tokens: int = 16384  # token count at which mu = max_shift (about 64 frames of 720p at ss=16)
+    base_shift: float = 0.5  # mu at base_tokens (shift factor e^0.5 = 1.65)
+    max_shift: float = 1.6  # mu at max_tokens (shift factor e^1.6 = 4.95)
+    text_drop_prob: float = 0.1  # fraction of samples trained with no text (null token) for CFG
+
+    def __post_init__(self):
+        if not self.logit_std > 0:
+            raise ValueError(f"logit_std must be > 0, got {self.logit_std}")
+        if self.base_tokens < 1:
+            raise ValueError(f"base_tokens must be >= 1, got {self.base_tokens}")
+        if self.max_tokens <= self.base_tokens:
+            raise ValueError(f"max_tokens ({self.max_tokens}) must be > base_tokens ({self.base_tokens})")
+        if self.max_shift < self.base_shift:
+            raise ValueError(f"max_shift ({self.max_shift}) must be >= base_shift ({self.base_shift})")
+        if not 0.0 <= self.text_drop_prob <= 1.0:
+            raise ValueError(f"text_drop_prob must be in [0, 1], got {self.text_drop_prob}")
+
+
+def shift_mu(tokens: int, cfg: FlowConfig) -> float:
+    """mu, linear in the clamped token count: (base_tokens, base_shift) to (max_tokens, max_shift)."""
+    if tokens < 1:
+        raise ValueError(f"token count must be >= 1, got {tokens}")
+    n = min(max(tokens, cfg.base_tokens), cfg.max_tokens)
+    frac = (n - cfg.base_tokens) / (cfg.max_tokens - cfg.base_tokens)
+    return cfg.base_shift + (cfg.max_shift - cfg.base_shift) * frac
+
+
+def timestep_shift(tokens: int, cfg: FlowConfig) -> float:
+    """Shift factor s = exp(mu(tokens)) (1.0 when `cfg.shift` is off). Non-decreasing in the token count."""
+    return math.exp(shift_mu(tokens, cfg)) if cfg.shift else 1.0
+
+
+def shift_timesteps(t: torch.Tensor, shift: torch.Tensor | float) -> torch.Tensor:
+    """t' = s t / (1 + (s - 1) t): maps [0, 1] onto itself, fixes 0 and 1, pushes t towards 1 for s > 1."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def sample_timesteps(
+    tokens: Sequence[int], cfg: FlowConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Per-sample training timesteps (B,) float32 in (0, 1): logit-normal, shifted by each sample's tokens."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    u = torch.randn(len(tokens), generator=generator, device=device)  # (B,)
+    t = torch.sigmoid(cfg.logit_mean + cfg.logit_std * u)
+    shifts = torch.tensor([timestep_shift(n, cfg) for n in tokens], device=device)
+    return shift_timesteps(t, shifts)
+
+
+def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    """x_t = (1 - t) x0 + t noise."""
+    return (1 - t) * x0 + t * noise
+
+
+def per_sample_mean(values: torch.Tensor, sample_id: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """values (N,) per token, sample_id (N,) -> (S,) mean of each sample's tokens."""
+    sums = torch.zeros(num_samples, device=values.device, dtype=values.dtype).index_add_(0, sample_id, values)
+    counts = torch.bincount(sample_id, minlength=num_samples).to(values.dtype)
+    return sums / counts
+
+
+def flow_loss(
+    model,
+    latents: Sequence[torch.Tensor],
+    text_embeds: Sequence[torch.Tensor],
+    cfg: FlowConfig,
+    generator: torch.Generator | None = None,
+    drop_rate: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rectified-flow loss of `model` on clean latents [(C, T_i, H_i, W_i)] with text [(L_i, D_text)].
+
+    A `cfg.text_drop_prob` fraction of samples (chosen at random) get zero-length text, so the model
+    learns its null text token for classifier-free guidance. `drop_rate` is the NaViT token drop rate
+    passed to `pack`; the velocity targets go through `pack_like`, so they drop the same tokens.
+    Random draws, in order: timesteps, text-drop mask, noise, token drop; all from `generator`.
+
+    Returns (loss scalar float32, per_sample (B,) float32); loss = per_sample.mean() (see module doc).
+    """
+    if len(latents) != len(text_embeds):
+        raise ValueError(f"got {len(latents)} latents but {len(text_embeds)} text embeddings")
+    patch = tuple(model.config.patch)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    lengths = [num_tokens(tuple(z.shape[1:]), patch) for z in latents]
+    t = sample_timesteps(lengths, cfg, generator)  # (B,)
+    drop_text = torch.rand(len(latents), generator=generator, device=gen_device) < cfg.text_drop_prob  # (B,)
+    texts = [e[:0] if drop else e for e, drop in zip(text_embeds, drop_text.tolist())]
+    noisy, targets = [], []
+    for z, t_i in zip(latents, t.tolist()):
+        noise = torch.randn(z.shape, generator=generator, device=gen_device).to(z)  # (C, T, H, W)
+        noisy.append(interpolate(z, noise, t_i))
+        targets.append(noise - z)  # velocity
+    packed = pack(noisy, texts, patch, drop_rate=drop_rate, generator=generator)
+    target = pack_like(packed, targets)  # (N, D_in)
+    pred = model.forward_packed(packed, t.to(latents[0].device))  # (N, D_in)
+    err = (pred.float() - target.float()).pow(2).mean(dim=1)  # (N,)
+    per_sample = per_sample_mean(err, packed.sample_id, packed.num_samples)  # (B,)
+    return per_sample.mean(), per_sample
