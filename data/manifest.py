@@ -121,7 +121,7 @@ def read_manifest(path: str | Path) -> list[ClipEntry]:
     elif path.suffix.lower() in (".jsonl", ".json"):
         entries = _read_jsonl(path)
     else:
-        raise ValueError(f"manifest {str(path)!r}: unknown format {path.suffix!r}; use .csv, .jsonl, a folder")
+        raise ValueError(f"manifest {str(path)!r}: unknown format {path.suffix!r}; use csv, jsonl, a folder")
     if not entries:
         raise ValueError(f"manifest {str(path)!r} lists no clips")
     return entries
