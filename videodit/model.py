@@ -1,0 +1,385 @@
+"""VideoDiT: a text-conditioned diffusion transformer over NaViT-packed spacetime patches.
+
+One forward runs on a `PackedBatch`: all samples' tokens back to back in one `(N, D_in)` sequence.
+- Conditioning is per sample and gathered per token: c_i = timestep_embedding(t_i) + mean of sample i's
+  projected text tokens; each block's adaLN-zero shift/scale/gate are computed from c `(S, D)` and indexed
+  by `sample_id`, so samples at different timesteps share one sequence.
+- Self-attention (RMS QK-norm, 3D RoPE) stays inside a sample; cross-attention goes from a sample's video
+  tokens to that sample's text tokens only. A sample with no text (dropped for CFG) attends to a learned
+  null text token.
+- adaLN, the cross-attention output and the final layer are zero-initialised: a fresh model predicts 0
+  and every block starts as the identity.
+- Norms, RoPE, the timestep embedding and text pooling run in fp32, so the model is bf16-safe.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from einops import rearrange
+
+from videodit.attention import BACKENDS, attention, resolve_backend
+from videodit.packing import PackedBatch, pack, unpack
+from videodit.rope import apply_rope, fractional_positions, rope_cos_sin, rope_dims
+
+
+@dataclass
+class DiTConfig:
+    in_channels: int = 16  # latent channels c (the VAE's latent_channels)
+    text_dim: int = 384  # width of the text encoder's token embeddings (all-MiniLM-L6-v2: 384)
+    hidden_size: int = 64  # model width D
+    depth: int = 2  # number of DiT blocks
+    num_heads: int = 4  # attention heads nh; head dim dh = D / nh must be even and >= 6 (3D RoPE)
+    patch: tuple[int, int, int] = (1, 2, 2)  # tubelet (pt, ph, pw) over latent (T, H, W)
+    mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * D
+    rope: Literal["integer", "fractional"] = "integer"  # token positions as grid indices, or NaViT-scaled
+    rope_theta: float = 10000.0
+    rope_ref_grid: tuple[int, int, int] = (
+        0,
+        32,
+        32,
+    )  # fractional mode: (t, h, w) grid positions scale to; 0 = keep integer
+    attention: Literal["auto", "sdpa", "flex", "xformers", "flash"] = "auto"  # see videodit/attention.py
+    grad_checkpointing: bool = False  # recompute each block in backward (training only)
+    frequency_embedding_size: int = 256  # sinusoidal timestep features before the timestep MLP
+    norm_eps: float = 1e-6
+
+    def __post_init__(self):
+        for name in (
+            "in_channels",
+            "text_dim",
+            "hidden_size",
+            "depth",
+            "num_heads",
+            "frequency_embedding_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DiTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        rope_dims(self.hidden_size // self.num_heads)  # raises for an odd or too small head dim
+        if len(self.patch) != 3 or min(self.patch) < 1:
+            raise ValueError(f"patch must be three positive integers, got {self.patch}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if len(self.rope_ref_grid) != 3 or min(self.rope_ref_grid) < 0:
+            raise ValueError(f"rope_ref_grid must be three integers >= 0, got {self.rope_ref_grid}")
+        if self.attention not in BACKENDS:
+            raise ValueError(f"attention must be one of {list(BACKENDS)}, got {self.attention!r}")
+
+    @property
+    def patch_dim(self) -> int:
+        """D_in: channels of one patch token, c * pt * ph * pw."""
+        return self.in_channels * math.prod(self.patch)
+
+
+# Model sizes (hidden_size, depth, num_heads). Parameter counts with the defaults in_channels=16,
+# text_dim=384, patch=(1, 2, 2), mlp_ratio=4:
+#   XS    0.25 M   (the CPU default: tests, debug runs)
+#   S    39.9 M
+#   B   158.9 M
+#   L   559.2 M
+#   XL  824.4 M
+DiT_sizes: dict[str, dict] = {
+    "XS": dict(hidden_size=64, depth=2, num_heads=4),
+    "S": dict(hidden_size=384, depth=12, num_heads=6),
+    "B": dict(hidden_size=768, depth=12, num_heads=12),
+    "L": dict(hidden_size=1024, depth=24, num_heads=16),
+    "XL": dict(hidden_size=1152, depth=28, num_heads=16),
+}
+
+
+def dit_config(size: str, **overrides) -> DiTConfig:
+    """DiTConfig of a named size (see `DiT_sizes`), other fields from `overrides`."""
+    if size not in DiT_sizes:
+        raise ValueError(f"unknown DiT size {size!r}; choose one of {list(DiT_sizes)}")
+    return DiTConfig(**{**DiT_sizes[size], **overrides})
+
+
+def DiT_XS(**kw) -> VideoDiT:
+    return VideoDiT(dit_config("XS", **kw))
+
+
+def DiT_S(**kw) -> VideoDiT:
+    return VideoDiT(dit_config("S", **kw))
+
+
+def DiT_B(**kw) -> VideoDiT:
+    return VideoDiT(dit_config("B", **kw))
+
+
+def DiT_L(**kw) -> VideoDiT:
+    return VideoDiT(dit_config("L", **kw))
+
+
+def DiT_XL(**kw) -> VideoDiT:
+    return VideoDiT(dit_config("XL", **kw))
+
+
+DiT_models = {"XS": DiT_XS, "S": DiT_S, "B": DiT_B, "L": DiT_L, "XL": DiT_XL}
+
+
+def layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Affine-free LayerNorm over the last axis, computed in fp32."""
+    return F.layer_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype)
+
+
+def layer_norm_affine(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """`norm(x)` computed in fp32."""
+    return F.layer_norm(
+        x.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps
+    ).to(x.dtype)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()).to(
+            x.dtype
+        )
+
+
+class TimestepEmbedder(nn.Module):
+    """t in [0, 1] `(S,)` -> `(S, D)`: sinusoidal features of 1000 t, then an MLP."""
+
+    def __init__(self, hidden_size: int, freq_dim: int):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(
+            nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(
+            -math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half
+        )
+        args = 1000.0 * t.float()[:, None] * freqs[None]  # (S, half)
+        emb = torch.cat([args.cos(), args.sin(), args.new_zeros(t.shape[0], self.freq_dim % 2)], dim=-1)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))  # (S, D)
+
+
+@dataclass
+class _Segments:
+    """Per-forward layout shared by all blocks."""
+
+    sample_id: torch.Tensor  # (N,)
+    cu: torch.Tensor  # (S+1,) video tokens
+    max_len: int
+    ctx_cu: torch.Tensor  # (S+1,) text tokens (null token inserted where a sample had none)
+    ctx_max_len: int
+    cos: torch.Tensor  # (N, dh/2)
+    sin: torch.Tensor
+    backend: str
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        D, self.nh = cfg.hidden_size, cfg.num_heads
+        self.qkv = nn.Linear(D, 3 * D)
+        self.q_norm, self.k_norm = RMSNorm(D // self.nh, cfg.norm_eps), RMSNorm(D // self.nh, cfg.norm_eps)
+        self.proj = nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor, seg: _Segments) -> torch.Tensor:
+        q, k, v = rearrange(self.qkv(x), "n (three nh dh) -> three n nh dh", three=3, nh=self.nh)
+        q = apply_rope(self.q_norm(q), seg.cos, seg.sin)  # (N, nh, dh)
+        k = apply_rope(self.k_norm(k), seg.cos, seg.sin)
+        o = attention(q, k, v, seg.cu, seg.cu, seg.max_len, seg.max_len, seg.backend)  # (N, nh, dh)
+        return self.proj(rearrange(o, "n nh dh -> n (nh dh)"))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        D, self.nh = cfg.hidden_size, cfg.num_heads
+        self.q = nn.Linear(D, D)
+        self.kv = nn.Linear(D, 2 * D)
+        self.q_norm, self.k_norm = RMSNorm(D // self.nh, cfg.norm_eps), RMSNorm(D // self.nh, cfg.norm_eps)
+        self.proj = nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, seg: _Segments) -> torch.Tensor:
+        q = self.q_norm(rearrange(self.q(x), "n (nh dh) -> n nh dh", nh=self.nh))  # (N, nh, dh)
+        k, v = rearrange(self.kv(ctx), "m (two nh dh) -> two m nh dh", two=2, nh=self.nh)  # (M, nh, dh)
+        o = attention(q, self.k_norm(k), v, seg.cu, seg.ctx_cu, seg.max_len, seg.ctx_max_len, seg.backend)
+        return self.proj(rearrange(o, "n nh dh -> n (nh dh)"))
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm block: adaLN-zero self-attention, cross-attention to text, adaLN-zero MLP."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        D, self.eps = cfg.hidden_size, cfg.norm_eps
+        self.attn = SelfAttention(cfg)
+        self.norm_cross = nn.LayerNorm(D, eps=cfg.norm_eps)
+        self.cross = CrossAttention(cfg)
+        hidden = int(D * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(D, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, D))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, ctx: torch.Tensor, seg: _Segments) -> torch.Tensor:
+        mod = self.adaLN_modulation(c)[seg.sample_id]  # (S, 6D) -> per token (N, 6D)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)  # (N, D) each
+        x = x + gate_msa * self.attn(modulate(layer_norm(x, self.eps), shift_msa, scale_msa), seg)
+        x = x + self.cross(layer_norm_affine(self.norm_cross, x), ctx, seg)
+        x = x + gate_mlp * self.mlp(modulate(layer_norm(x, self.eps), shift_mlp, scale_mlp))
+        return x
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        D, self.eps = cfg.hidden_size, cfg.norm_eps
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
+        self.linear = nn.Linear(D, cfg.patch_dim)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, sample_id: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c)[sample_id].chunk(2, dim=-1)  # (N, D) each
+        return self.linear(modulate(layer_norm(x, self.eps), shift, scale))  # (N, D_in)
+
+
+class VideoDiT(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.config = cfg
+        D = cfg.hidden_size
+        self.x_embedder = nn.Linear(cfg.patch_dim, D)
+        self.t_embedder = TimestepEmbedder(D, cfg.frequency_embedding_size)
+        self.text_proj = nn.Sequential(
+            nn.Linear(cfg.text_dim, D), nn.GELU(approximate="tanh"), nn.Linear(D, D)
+        )
+        self.null_text = nn.Parameter(torch.zeros(1, D))  # context of a sample whose text was dropped
+        self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.depth)])
+        self.final_layer = FinalLayer(cfg)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """Xavier linears, small-normal embeddings; zeros for adaLN, cross-attention out, final layer."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for lin in (self.t_embedder.mlp[0], self.t_embedder.mlp[2], self.text_proj[0], self.text_proj[2]):
+            nn.init.normal_(lin.weight, std=0.02)
+        nn.init.normal_(self.null_text, std=0.02)
+        for block in self.blocks:
+            for lin in (block.adaLN_modulation[-1], block.cross.proj):
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
+        for lin in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def _text_context(self, packed: PackedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """Projected text `(M, D)`, its sample ids `(M,)`, cu_seqlens and max length.
+
+        A sample without text tokens gets the learned null token instead."""
+        dtype = self.x_embedder.weight.dtype
+        txt = self.text_proj(packed.text.to(dtype))  # (N_text, D)
+        cu = packed.text_cu_seqlens.to(txt.device).long()
+        lens = torch.diff(cu)  # (S,)
+        empty = (lens == 0).nonzero().flatten()  # samples with no text
+        new_lens = lens.clamp(min=1)
+        new_cu = F.pad(new_lens.cumsum(0), (1, 0))  # (S+1,)
+        sid = packed.text_sample_id.to(txt.device)
+        if empty.numel():
+            dest = torch.cat(
+                [new_cu[sid] + torch.arange(sid.numel(), device=txt.device) - cu[sid], new_cu[empty]]
+            )
+            src = torch.cat([txt, self.null_text.to(dtype).expand(empty.numel(), -1)])  # (M, D), out of order
+            txt = src[torch.argsort(dest)]  # (M, D) samples back to back
+            sid = torch.repeat_interleave(torch.arange(lens.numel(), device=txt.device), new_lens)
+        return txt, sid, new_cu.to(torch.int32), int(new_lens.max())
+
+    def _check(self, packed: PackedBatch, timesteps: torch.Tensor) -> None:
+        cfg = self.config
+        if packed.tokens.shape[-1] != cfg.patch_dim or packed.channels != cfg.in_channels:
+            raise ValueError(
+                f"mismatched channels: packed tokens have {packed.channels} channels "
+                f"({packed.tokens.shape[-1]} per patch), the model expects in_channels={cfg.in_channels} "
+                f"({cfg.patch_dim} per patch)"
+            )
+        if tuple(packed.patch) != tuple(cfg.patch):
+            raise ValueError(
+                f"batch was packed with patch {packed.patch} but the model uses patch {cfg.patch}"
+            )
+        if packed.text.shape[-1] != cfg.text_dim:
+            raise ValueError(
+                f"text dim mismatch: text embeddings have dim {packed.text.shape[-1]}, "
+                f"the model expects text_dim={cfg.text_dim}"
+            )
+        if timesteps.shape != (packed.num_samples,):
+            raise ValueError(
+                f"timesteps must have shape ({packed.num_samples},), got {tuple(timesteps.shape)}"
+            )
+
+    def forward_packed(self, packed: PackedBatch, timesteps: torch.Tensor) -> torch.Tensor:
+        """Packed tokens `(N, D_in)`, one timestep per sample `(S,)` in [0, 1] -> predictions `(N, D_in)`."""
+        self._check(packed, timesteps)
+        cfg = self.config
+        dtype = self.x_embedder.weight.dtype
+        device = self.x_embedder.weight.device
+        x = self.x_embedder(packed.tokens.to(device=device, dtype=dtype))  # (N, D)
+        sample_id = packed.sample_id.to(device)
+        ctx, ctx_sid, ctx_cu, ctx_max = self._text_context(packed)  # (M, D)
+        pooled = torch.zeros(packed.num_samples, cfg.hidden_size, device=device).index_add_(
+            0, ctx_sid, ctx.float()
+        )
+        pooled = pooled / torch.diff(ctx_cu).clamp(min=1)[:, None].float()  # (S, D) mean text token
+        c = (self.t_embedder(timesteps.to(device)).float() + pooled).to(dtype)  # (S, D)
+        pos = packed.pos.to(device)
+        if cfg.rope == "fractional":
+            pos = fractional_positions(pos, sample_id, packed.grids, cfg.rope_ref_grid)
+        cos, sin = rope_cos_sin(pos, cfg.hidden_size // cfg.num_heads, cfg.rope_theta)  # (N, dh/2)
+        seg = _Segments(
+            sample_id=sample_id,
+            cu=packed.cu_seqlens.to(device),
+            max_len=packed.max_seqlen,
+            ctx_cu=ctx_cu,
+            ctx_max_len=ctx_max,
+            cos=cos,
+            sin=sin,
+            backend=resolve_backend(cfg.attention, device, dtype),
+        )
+        for block in self.blocks:
+            if cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, c, ctx, seg, use_reentrant=False)
+            else:
+                x = block(x, c, ctx, seg)  # (N, D)
+        return self.final_layer(x, c, sample_id)  # (N, D_in)
+
+    def forward_samples(
+        self, latents: list[torch.Tensor], timesteps: torch.Tensor, text_embeds: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """latents [(C, T_i, H_i, W_i)], timesteps `(B,)`, text [(L_i, text_dim)] -> outputs like latents."""
+        if len(latents) == 0:
+            raise ValueError("empty sample list: forward_samples needs at least one latent")
+        for i, z in enumerate(latents):
+            if z.dim() != 4 or z.shape[0] != self.config.in_channels:
+                raise ValueError(
+                    f"mismatched channels: latent {i} has shape {tuple(z.shape)}, "
+                    f"the model expects (C={self.config.in_channels}, T, H, W)"
+                )
+        packed = pack(latents, text_embeds, self.config.patch)
+        out = self.forward_packed(packed, timesteps)
+        return [z.to(latents[0].dtype) for z in unpack(packed, out, self.config.in_channels)]
+
+    def forward(self, packed: PackedBatch, timesteps: torch.Tensor) -> torch.Tensor:
+        """Same as `forward_packed` (so DeepSpeed/DDP wrappers can call the module)."""
+        return self.forward_packed(packed, timesteps)
