@@ -19,7 +19,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from data.decode import VideoDecodeError, decode_frames, frame_indices, probe_video
 from data.manifest import ClipEntry, read_manifest
-from data.sampling import ClipPlan, SamplingConfig, plan_clip
+from data.sampling import ClipPlan, SamplingConfig, plan_clip, token_count
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,11 @@ class VideoDataset(IterableDataset):
         self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
         self.rank, self.world_size = rank, world_size
         self.stats = {"skipped": 0, "yielded": 0}
+        self._plans: dict[int, ClipPlan] = {}  # this epoch's plans of clips measured but not yet loaded
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self._plans.clear()
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -105,11 +108,28 @@ class VideoDataset(IterableDataset):
             mine = mine[worker.id :: worker.num_workers]
         return mine
 
+    def plan(self, index: int) -> ClipPlan:
+        """This epoch's frames + resolution for manifest row `index` (raises VideoDecodeError)."""
+        if index not in self._plans:
+            entry = self.entries[index]
+            self._plans[index] = plan_entry(entry, self.cfg, clip_rng(self.seed, self.epoch, index))
+        return self._plans[index]
+
+    def token_length(self, index: int) -> int | None:
+        """Patch tokens of row `index` this epoch (probe only, no decoding); None if unreadable."""
+        try:
+            plan = self.plan(index)
+        except VideoDecodeError as e:
+            skip_warning(self.entries[index].path, e, self.stats)
+            return None
+        return token_count(len(plan.indices), plan.height, plan.width, self.cfg)
+
     def load(self, index: int) -> dict | None:
         """The sample for manifest row `index` this epoch, or None (counted, warned) if unreadable."""
         entry = self.entries[index]
         try:
-            plan = plan_entry(entry, self.cfg, clip_rng(self.seed, self.epoch, index))
+            plan = self.plan(index)
+            self._plans.pop(index, None)
             video = load_clip(entry.path, plan)
         except VideoDecodeError as e:
             skip_warning(entry.path, e, self.stats)

@@ -1,0 +1,100 @@
+"""Packing data loader: per rank, an endless stream of rows of a fixed token budget.
+
+Each epoch the manifest order is shuffled from (seed, epoch); this rank reads order[rank::world_size] in
+windows of `window` samples. A window's samples are measured (token counts, which needs only a probe or
+the cache index), grouped into rows with `videodit.packing.plan_rows` (first-fit decreasing, total
+tokens <= budget), the rows are shuffled from (seed, epoch, rank, window), then loaded one row at a time.
+
+Position = (epoch, window, row): `state_dict()` after a row has been consumed names the next row, and
+`load_state_dict()` makes the stream continue exactly there (the window's plan is recomputed, it is
+deterministic). Unreadable samples are skipped and counted in `source.stats["skipped"]`.
+
+A source is anything with:
+    `__len__()`, `stats` (dict), `set_epoch(epoch)`,
+    `token_length(index) -> int | None` (None: unreadable), `load(index) -> dict | None`.
+`data.dataset.VideoDataset` (raw videos) and `data.precache.LatentCache` (latent cache) are sources.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+from data.dataset import epoch_order
+from videodit.packing import plan_rows
+
+
+class PackedLoader:
+    """Iterate rows: each row is a list of sample dicts whose token counts sum to <= `budget`."""
+
+    def __init__(self, source, budget: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 window: int = 32, shuffle: bool = True):
+        if budget < 1:
+            raise ValueError(f"budget must be >= 1 token, got {budget}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1 sample, got {window}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.source, self.budget, self.seed = source, budget, seed
+        self.rank, self.world_size, self.window, self.shuffle = rank, world_size, window, shuffle
+        self.epoch, self.window_index, self.row_index = 0, 0, 0
+
+    # ------------------------------------------------------------ position
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "window": self.window_index, "row": self.row_index,
+                "seed": self.seed, "rank": self.rank, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state.get("seed"), state.get("world_size")) != (self.seed, self.world_size):
+            raise ValueError(
+                f"loader state was saved with seed={state.get('seed')}, "
+                f"world_size={state.get('world_size')}; "
+                f"this run has seed={self.seed}, world_size={self.world_size}"
+            )
+        self.epoch, self.window_index, self.row_index = state["epoch"], state["window"], state["row"]
+
+    # ------------------------------------------------------------ planning
+
+    def my_indices(self, epoch: int) -> list[int]:
+        """Source indices this rank reads in `epoch`, in order."""
+        return epoch_order(len(self.source), self.seed, epoch, self.shuffle)[self.rank :: self.world_size]
+
+    def plan_window(self, epoch: int, window_index: int) -> list[list[int]]:
+        """Rows (lists of source indices) of one window, in the order they are served."""
+        mine = self.my_indices(epoch)
+        chunk = mine[window_index * self.window : (window_index + 1) * self.window]
+        lengths = {i: self.source.token_length(i) for i in chunk}
+        valid = [i for i in chunk if lengths[i] is not None]
+        rows = [[valid[j] for j in row] for row in plan_rows([lengths[i] for i in valid], self.budget)]
+        if self.shuffle:
+            random.Random(f"videodit-rows-{self.seed}-{epoch}-{self.rank}-{window_index}").shuffle(rows)
+        return rows
+
+    def num_windows(self, epoch: int) -> int:
+        return -(-len(self.my_indices(epoch)) // self.window)
+
+    # ------------------------------------------------------------ iteration
+
+    def __iter__(self) -> Iterator[list[dict]]:
+        empty_epochs = 0
+        while True:
+            self.source.set_epoch(self.epoch)
+            served = 0
+            while self.window_index < self.num_windows(self.epoch):
+                rows = self.plan_window(self.epoch, self.window_index)
+                while self.row_index < len(rows):
+                    samples = [self.source.load(i) for i in rows[self.row_index]]
+                    self.row_index += 1
+                    samples = [s for s in samples if s is not None]
+                    if samples:
+                        served += 1
+                        yield samples
+                self.window_index, self.row_index = self.window_index + 1, 0
+            self.epoch, self.window_index, self.row_index = self.epoch + 1, 0, 0
+            empty_epochs = 0 if served else empty_epochs + 1
+            if empty_epochs >= 2:  # (one empty epoch can be a resume at an epoch's end)
+                raise ValueError(
+                    f"rank {self.rank} of {self.world_size} has no readable samples "
+                    f"({len(self.source)} in the source, {self.source.stats.get('skipped', 0)} skipped)"
+                )
