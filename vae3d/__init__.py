@@ -1,0 +1,7 @@
+"""vae3d: a causal 3D video VAE (streamed in time, tiled in space) plus adapters for diffusers video VAEs."""
+
+from .config import VAEConfig
+from .layers import CausalConv3d
+from .model import CausalVAE3D
+
+__all__ = ["VAEConfig", "CausalConv3d", "CausalVAE3D"]
