@@ -1,0 +1,166 @@
+"""Sampling: diffusers flow-matching schedulers, classifier-free guidance, NaViT-packed requests.
+
+Every request (its own latent size, prompt, negative prompt, seed) gets its own scheduler instance
+whose sigma schedule is shifted by that request's token count with the same `timestep_shift` used in
+training (`videodit.flow`). At each step all active requests, and for CFG both their conditional and
+unconditional inputs, are packed into ONE `model.forward_samples` call: requests of different shapes
+share the forward passes instead of running in a loop.
+
+A request's initial noise comes from a CPU `torch.Generator` seeded with its own seed, so its result does
+not depend on what else is in the batch (up to float rounding of the batched matmuls).
+
+CFG: v = v_uncond + g * (v_cond - v_uncond). The unconditional input is the negative prompt when given,
+else the empty text (zero tokens -> the model's learned null token). g == 1 skips the unconditional pass.
+
+Samplers (`SAMPLERS`): "euler" (FlowMatchEulerDiscreteScheduler, 1 model call a step), "heun"
+(FlowMatchHeunDiscreteScheduler, 2nd order, 2 calls a step but the last), "unipc" (UniPCMultistepScheduler
+on flow sigmas, 2nd-order multistep, 1 call a step). The model's timestep is the scheduler's sigma at
+that call, the `t` of `x_t = (1 - t) x0 + t noise`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler, UniPCMultistepScheduler
+from tqdm.auto import tqdm
+
+from videodit.flow import FlowConfig, timestep_shift
+from videodit.packing import num_tokens, plan_rows
+
+SAMPLERS = ("euler", "heun", "unipc")
+
+
+@dataclass
+class Request:
+    """One video to sample, in latent space."""
+
+    size: tuple[int, int, int]  # latent (T, h, w)
+    text: torch.Tensor  # (L, D_text) prompt tokens; (0, D_text) = unconditional
+    seed: int = 0
+    negative: torch.Tensor | None = None  # (L_neg, D_text) negative-prompt tokens; None = empty text
+
+    def __post_init__(self):
+        if len(self.size) != 3 or any(int(s) < 1 for s in self.size):
+            raise ValueError(f"latent size must be three positive integers (T, h, w), got {self.size!r}")
+        self.size = tuple(int(s) for s in self.size)
+
+
+def make_scheduler(sampler: str, shift: float, steps: int):
+    """A fresh diffusers scheduler for `sampler` with sigmas shifted by `shift`, set to `steps` steps."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if sampler == "euler":
+        sched = FlowMatchEulerDiscreteScheduler(shift=shift)
+    elif sampler == "heun":
+        sched = FlowMatchHeunDiscreteScheduler(shift=shift)
+    elif sampler == "unipc":
+        sched = UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift, solver_order=2
+        )
+    else:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    sched.set_timesteps(steps)
+    return sched
+
+
+def initial_noise(channels: int, size: tuple[int, int, int], seed: int) -> torch.Tensor:
+    """(C, T, h, w) float32 standard normal noise from a CPU generator seeded with `seed`."""
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randn((channels, *size), generator=gen)
+
+
+def request_tokens(req: Request, patch: tuple[int, int, int], guided: bool) -> int:
+    """Tokens one request adds to every forward pass (twice its grid when CFG needs an uncond pass)."""
+    return num_tokens(req.size, patch) * (2 if guided else 1)
+
+
+def sample(
+    model,
+    requests: Sequence[Request],
+    steps: int = 30,
+    sampler: str = "euler",
+    guidance: float = 5.0,
+    flow_cfg: FlowConfig | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    token_budget: int | None = None,
+    progress: bool = True,
+) -> list[torch.Tensor]:
+    """Denoise every request -> list of clean latents (C, T, h, w) float32 on `device`, in request order.
+
+    `token_budget` caps the tokens of one forward pass: requests are grouped by first-fit decreasing
+    (`plan_rows`) and each group is denoised together (a request larger than the budget runs alone).
+    `None` puts all requests in one group.
+    """
+    if guidance < 1.0:
+        raise ValueError(f"guidance scale must be >= 1, got {guidance}")
+    if not requests:
+        return []
+    flow_cfg = flow_cfg or FlowConfig()
+    patch = tuple(model.config.patch)
+    guided = guidance != 1.0
+    costs = [request_tokens(r, patch, guided) for r in requests]
+    budget = max([token_budget or sum(costs), *costs])
+    out: list[torch.Tensor | None] = [None] * len(requests)
+    for group in plan_rows(costs, budget):
+        group = sorted(group)
+        results = _denoise_group(
+            model, [requests[i] for i in group], steps, sampler, guidance, flow_cfg, device, dtype, progress
+        )
+        for i, z in zip(group, results):
+            out[i] = z
+    return out  # type: ignore[return-value]
+
+
+def _denoise_group(
+    model,
+    requests: Sequence[Request],
+    steps: int,
+    sampler: str,
+    guidance: float,
+    flow_cfg: FlowConfig,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    progress: bool,
+) -> list[torch.Tensor]:
+    """Run the whole denoising loop for requests that share every forward pass."""
+    patch = tuple(model.config.patch)
+    channels = int(model.config.in_channels)
+    guided = guidance != 1.0
+    shifts = [timestep_shift(num_tokens(r.size, patch), flow_cfg) for r in requests]
+    scheds = [make_scheduler(sampler, shift, steps) for shift in shifts]
+    latents = [initial_noise(channels, r.size, r.seed).to(device) for r in requests]  # float32 (C, T, h, w)
+    texts = [r.text.to(device=device, dtype=dtype) for r in requests]
+    uncond = [r.text[:0] if r.negative is None else r.negative for r in requests]
+    uncond = [e.to(device=device, dtype=dtype) for e in uncond]
+    num_calls = max(len(s.timesteps) for s in scheds)
+    desc = f"sampling {len(requests)} request(s)"
+    bar = tqdm(total=num_calls, desc=desc, disable=not progress, unit="call")
+    for step in range(num_calls):
+        active = [i for i, s in enumerate(scheds) if step < len(s.timesteps)]
+        timesteps = [scheds[i].timesteps[step] for i in active]
+        t = [float(scheds[i].sigmas[step]) for i in active]  # the sigma this call is evaluated at
+        xs, ts, es = [], [], []
+        for i, t_i in zip(active, t):
+            xs.append(latents[i].to(dtype))
+            ts.append(t_i)
+            es.append(texts[i])
+            if guided:
+                xs.append(latents[i].to(dtype))
+                ts.append(t_i)
+                es.append(uncond[i])
+        preds = model.forward_samples(xs, torch.tensor(ts, device=device, dtype=torch.float32), es)
+        for j, (i, timestep) in enumerate(zip(active, timesteps)):
+            if guided:
+                cond, unc = preds[2 * j].float(), preds[2 * j + 1].float()
+                v = unc + guidance * (cond - unc)
+            else:
+                v = preds[j].float()
+            x = scheds[i].step(v[None], timestep, latents[i][None], return_dict=False)[0]  # (1, C, T, h, w)
+            latents[i] = x[0]
+        bar.update(1)
+    bar.close()
+    return latents
