@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import warnings
 from collections import defaultdict
 
 import torch
@@ -164,8 +165,13 @@ def _flex(q, k, v, cu_q, cu_k) -> torch.Tensor:
         return doc_q[q_idx] == doc_k[kv_idx]
 
     mask = create_block_mask(document, B=None, H=None, Q_LEN=nq, KV_LEN=nk, device=q.device)
-    fn = _flex_fn(q.device.type == "cuda")
-    o = fn(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], block_mask=mask)
+    compiled = q.device.type == "cuda"
+    with warnings.catch_warnings():
+        if not compiled:  # the eager CPU path is deliberate: quiet torch's "use torch.compile" advice
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        o = _flex_fn(compiled)(
+            q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], block_mask=mask
+        )
     return o[0].transpose(0, 1)  # (Nq, nh, dh)
 
 
