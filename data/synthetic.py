@@ -50,7 +50,7 @@ PALETTE = {
     "orange": (250, 140, 20),
     "cyan": (30, 220, 230),
 }
-BACKGROUND_RGB = {"black": (0, 0, 0), "dark gray": (64, 64, 64), "navy": (16, 24, 96)}
+BACKGROUND_RGB = {"black": (0, 0, 0), "dark gray": (48, 48, 48), "navy": (16, 24, 96)}
 SIZE_RANGE = (0.10, 0.30)  # object extent as a fraction of the shorter side
 MIN_TRAVEL = 0.30  # left/right/up/down travel at least this fraction of the frame (goal: >= 0.25)
 MARGIN = 1.0  # pixels kept between the object and the frame edge
