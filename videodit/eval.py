@@ -54,7 +54,7 @@ def object_alpha(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     alpha is the pixel's position between background and object colour, so edges count fractionally.
     """
     x = frames.astype(np.float32)  # (F, H, W, 3)
-    bg = np.median(x.reshape(-1, 3), axis=0)  # (3,) the object covers < 10% of the pixels
+    bg = np.median(x[:, ::2, ::2].reshape(-1, 3), axis=0)  # (3,) the object covers < 10% of the pixels
     dist = np.linalg.norm(x - bg, axis=-1)  # (F, H, W)
     peak = float(np.quantile(dist, 0.999))
     if peak < MIN_CONTRAST:
@@ -74,18 +74,25 @@ def object_alpha(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return alpha, fg, bg
 
 
-def _shape_features(a: np.ndarray) -> tuple[float, float]:
-    """One frame's alpha (H, W) -> (fill ratio of the soft bounding box, lower-minus-upper area share)."""
-    area = float(a.sum())
-    width = float(a.max(axis=0).sum())  # soft extent along x
-    height = float(a.max(axis=1).sum())  # soft extent along y
-    rows = np.nonzero(a.max(axis=1) >= 0.5)[0]
-    if len(rows) == 0 or width * height == 0:
-        return 0.0, 0.0
-    mid = (rows[0] + rows[-1] + 1) / 2  # box centre row (in pixel-edge units)
-    ys = np.arange(a.shape[0]) + 0.5
-    lower = float(a[ys > mid].sum()) + 0.5 * float(a[np.abs(ys - mid) < 0.5].sum())
-    return area / (width * height), (2 * lower - area) / area
+def shape_features(a: np.ndarray) -> np.ndarray:
+    """Alpha (F, H, W) -> (F, 2): per frame, fill ratio of the soft bounding box and lower-minus-upper
+    share of the area."""
+    area = a.sum(axis=(1, 2))  # (F,)
+    col, row = a.max(axis=1), a.max(axis=2)  # (F, W), (F, H)
+    box = col.sum(axis=1) * row.sum(axis=1)  # soft width * soft height (F,)
+    H = a.shape[1]
+    solid = row >= 0.5  # (F, H)
+    first = solid.argmax(axis=1)  # (F,)
+    last = H - 1 - solid[:, ::-1].argmax(axis=1)
+    mid = (first + last + 1) / 2  # box centre row, in pixel-edge units (F,)
+    ys = np.arange(H) + 0.5  # (H,)
+    weight = np.clip(ys[None, :] - mid[:, None] + 0.5, 0.0, 1.0)  # share of each row below mid (F, H)
+    lower = (a.sum(axis=2) * weight).sum(axis=1)  # (F,)
+    ok = solid.any(axis=1) & (box > 0)
+    safe = np.maximum(area, 1e-6)
+    fill = np.where(ok, area / np.maximum(box, 1e-6), 0.0)
+    asym = np.where(ok, (2 * lower - area) / safe, 0.0)
+    return np.stack([fill, asym], axis=1)  # (F, 2)
 
 
 def classify_motion(centres: np.ndarray, height: int, width: int) -> str:
@@ -126,7 +133,7 @@ def analyse_clip(frames: np.ndarray) -> dict:
     ys, xs = np.arange(H) + 0.5, np.arange(W) + 0.5
     cy = (a.sum(axis=2) @ ys) / area[visible]  # (F',)
     cx = (a.sum(axis=1) @ xs) / area[visible]
-    feats = np.asarray([_shape_features(f) for f in a])  # (F', 2)
+    feats = shape_features(a)  # (F', 2)
     fill, asym = np.median(feats, axis=0)
     protos = np.asarray(list(SHAPE_PROTOTYPES.values()))  # (3, 2)
     shape = list(SHAPE_PROTOTYPES)[int(np.linalg.norm(protos - (fill, asym), axis=1).argmin())]
