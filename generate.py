@@ -1,0 +1,354 @@
+"""Text-to-video generation.
+
+    python generate.py --prompt "dog running in snow" --frames 64 --res 720x1280
+    python generate.py --prompts-file requests.jsonl --out outputs/batch/
+
+`--res` is HEIGHTxWIDTH and the video has exactly `--frames` frames at exactly that size: the latent
+covers the size rounded up to the VAE's spatial stride, and the decoded frames are centre-cropped back.
+With `--prompts-file` (JSONL: one object a line with "prompt" and optional "frames", "res", "seed",
+"negative_prompt"), all requests, whatever their shapes, are packed into the same denoising forward
+passes, and line i is written to `{out}/{i:04d}.mp4`.
+
+Every argument is checked before anything heavy is imported or loaded; bad input exits with one line on
+stderr (status 2). torch, diffusers and transformers are imported only after validation, so that a typo
+costs milliseconds, not seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SAMPLERS = ("euler", "heun", "unipc")  # videodit.sampling.SAMPLERS (not imported: keeps validation light)
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+MAX_SIDE = 8192  # pixels
+TOKEN_BUDGET = 65536  # tokens of one denoising forward pass; a larger request runs alone
+DECODE_CHUNK_FRAMES = 8  # pixel frames the VAE decodes per step (memory is bounded by this and the tile)
+PROMPT_KEYS = {"prompt", "frames", "res", "seed", "negative_prompt"}
+
+
+@dataclass
+class GenRequest:
+    """One video to make, fully validated."""
+
+    prompt: str
+    frames: int  # F, exact
+    height: int  # H, exact
+    width: int  # W, exact
+    seed: int
+    negative_prompt: str
+    out: Path
+
+
+class UsageError(ValueError):
+    """Bad command-line input: reported as one line, no traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print usage + message and exit; we want one line
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(description="Generate videos from text with a videodit checkpoint.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", help="text prompt")
+    src.add_argument("--prompts-file", type=Path, help="JSONL file, one request a line (see module doc)")
+    p.add_argument("--frames", type=int, default=16, help="number of frames, exact (default 16)")
+    p.add_argument("--res", default="256x256", help="HEIGHTxWIDTH in pixels, exact (default 256x256)")
+    p.add_argument("--fps", type=float, default=16.0, help="frames per second of the mp4 (default 16)")
+    p.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
+    p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale >= 1 (default 5)")
+    p.add_argument("--negative-prompt", default="", help="what to steer away from (default: none)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (prompts file: seed + line index)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="euler", help="diffusers flow-matching scheduler")
+    p.add_argument("--ckpt", default="default", help="DiT checkpoint folder (default: the embedded model)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--out", type=Path, help="output .mp4 (or a folder with --prompts-file)")
+    return p
+
+
+# ---- pure helpers (tested directly) ------------------------------------------------------------------
+def parse_resolution(text: str) -> tuple[int, int]:
+    """'720x1280' -> (720, 1280) = (height, width); ValueError naming the text otherwise."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
+    if not m:
+        raise ValueError(f"resolution {text!r} must look like HEIGHTxWIDTH, e.g. 720x1280")
+    h, w = int(m.group(1)), int(m.group(2))
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise ValueError(f"resolution {text!r}: height and width must be in [1, {MAX_SIDE}]")
+    return h, w
+
+
+def latent_shape(frames: int, height: int, width: int, temporal_stride: int, spatial_stride: int):
+    """Latent (T, h, w) that decodes to at least `frames` x `height` x `width` pixels.
+
+    T = 1 + ceil((F - 1) / ts) (the causal VAE decodes exactly F frames from it); h, w = ceil(H / ss),
+    ceil(W / ss) (the decoded frames are cropped back to H x W).
+    """
+    if frames < 1 or height < 1 or width < 1:
+        raise ValueError(f"frames, height and width must be >= 1, got {frames}, {height}, {width}")
+    t = 1 + math.ceil((frames - 1) / temporal_stride)
+    return t, math.ceil(height / spatial_stride), math.ceil(width / spatial_stride)
+
+
+def crop_box(decoded: tuple[int, int], wanted: tuple[int, int]) -> tuple[slice, slice]:
+    """Centre crop of a decoded (H', W') frame to the wanted (H, W)."""
+    (hd, wd), (h, w) = decoded, wanted
+    top, left = (hd - h) // 2, (wd - w) // 2
+    return slice(top, top + h), slice(left, left + w)
+
+
+def _positive_int(value, what: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where}{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def _seed(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ValueError(f"{where}seed must be an integer in [0, 2**63), got {value!r}")
+    return value
+
+
+def parse_prompts_file(text: str, source: str = "prompts file") -> list[dict]:
+    """JSONL text -> one dict per non-blank line with exactly the keys the line gave, validated.
+
+    Each line: {"prompt": str, "frames"?: int >= 1, "res"?: "HxW", "seed"?: int >= 0,
+    "negative_prompt"?: str}. ValueError messages name `source:line`.
+    """
+    items = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{source}:{lineno}: "
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}not valid JSON ({e.msg})") from None
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}expected a JSON object, got {type(item).__name__}")
+        unknown = sorted(set(item) - PROMPT_KEYS)
+        if unknown:
+            raise ValueError(f"{where}unknown key(s) {unknown}; valid: {sorted(PROMPT_KEYS)}")
+        prompt = item.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{where}'prompt' must be a non-empty string")
+        if "frames" in item:
+            _positive_int(item["frames"], "frames", where)
+        if "res" in item:
+            if not isinstance(item["res"], str):
+                raise ValueError(f"{where}res must be a string like '720x1280', got {item['res']!r}")
+            try:
+                parse_resolution(item["res"])
+            except ValueError as e:
+                raise ValueError(f"{where}{e}") from None
+        if "seed" in item:
+            _seed(item["seed"], where)
+        if "negative_prompt" in item and not isinstance(item["negative_prompt"], str):
+            raise ValueError(f"{where}negative_prompt must be a string")
+        items.append(item)
+    if not items:
+        raise ValueError(f"{source} has no requests")
+    return items
+
+
+def default_out(prompt: str, seed: int) -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "video"
+    return Path("outputs") / f"{slug}-seed{seed}.mp4"
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """Create `folder` if needed and prove it writable by creating and removing a probe file there.
+
+    (A permission-bit test is not enough: as root `os.access` says yes even for /proc.)
+    """
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ValueError(f"cannot write {what}: {str(existing)!r} is not a directory")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write {what}: {e.strerror or e} ({str(folder)!r})") from None
+
+
+def _check_ckpt(ckpt: str) -> None:
+    if ckpt == "default":
+        return
+    folder = Path(ckpt)
+    if not folder.is_dir():
+        raise ValueError(f"--ckpt {ckpt!r} does not exist")
+    for name in ("config.json", "model.safetensors"):
+        if not (folder / name).is_file():
+            raise ValueError(f"--ckpt {ckpt!r} is not a DiT checkpoint folder (no {name})")
+
+
+def validate(args: argparse.Namespace) -> list[GenRequest]:
+    """All user input -> requests, or ValueError. Reads the prompts file; loads nothing heavy."""
+    if args.prompt is None and args.prompts_file is None:
+        raise UsageError("give --prompt TEXT or --prompts-file FILE")
+    if args.prompt is not None and not args.prompt.strip():
+        raise ValueError("--prompt must not be empty")
+    _positive_int(args.frames, "--frames", "")
+    height, width = parse_resolution(args.res)
+    if not (args.fps > 0 and math.isfinite(args.fps)):
+        raise ValueError(f"--fps must be > 0, got {args.fps}")
+    _positive_int(args.steps, "--steps", "")
+    if not (args.cfg >= 1.0 and math.isfinite(args.cfg)):
+        raise ValueError(f"--cfg must be >= 1 (1 = no guidance), got {args.cfg}")
+    _seed(args.seed, "--")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", args.device):
+        raise ValueError(f"--device {args.device!r} must be auto, cpu, cuda, cuda:N or mps")
+    _check_ckpt(args.ckpt)
+    if args.out is not None and str(args.out) == "":
+        raise ValueError("--out must not be empty")
+
+    if args.prompt is not None:
+        out = args.out or default_out(args.prompt, args.seed)
+        if out.suffix.lower() != ".mp4":
+            raise ValueError(f"--out {str(out)!r} must be an .mp4 file")
+        if out.is_dir():
+            raise ValueError(f"--out {str(out)!r} is a directory; give a .mp4 file name")
+        _check_writable(out.parent, f"--out {str(out)!r}")
+        return [GenRequest(args.prompt, args.frames, height, width, args.seed, args.negative_prompt, out)]
+
+    path = args.prompts_file
+    if not path.is_file():
+        raise ValueError(f"--prompts-file {str(path)!r} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read --prompts-file {str(path)!r}: {e}") from None
+    items = parse_prompts_file(text, str(path))
+    folder = args.out or Path("outputs") / path.stem
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {str(folder)!r} must be a folder when --prompts-file is given")
+    _check_writable(folder, f"--out folder {str(folder)!r}")
+    requests = []
+    for i, item in enumerate(items):
+        h, w = parse_resolution(item["res"]) if "res" in item else (height, width)
+        requests.append(
+            GenRequest(
+                prompt=item["prompt"],
+                frames=item.get("frames", args.frames),
+                height=h,
+                width=w,
+                seed=item.get("seed", args.seed + i),
+                negative_prompt=item.get("negative_prompt", args.negative_prompt),
+                out=folder / f"{i:04d}.mp4",
+            )
+        )
+    return requests
+
+
+# ---- build and run (heavy imports from here on) ------------------------------------------------------
+def build(args: argparse.Namespace):
+    """-> (dit, meta, vae, text_encoder, flow_cfg, device, dtype). Loads the models."""
+    import torch
+    import transformers
+
+    from vae3d.io import load_vae
+    from videodit.checkpoint import load_dit
+    from videodit.config import from_dict
+    from videodit.flow import FlowConfig
+    from videodit.text_encoder import TextEncoder
+
+    transformers.utils.logging.disable_progress_bar()
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    name = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    dtype = getattr(torch, name)
+
+    dit, meta = load_dit(args.ckpt, device=device, dtype=dtype)
+    vae = load_vae(meta["vae"], device=device, dtype=dtype)
+    text = TextEncoder(meta["text_encoder"], device=device, dtype=dtype)
+    flow_cfg = from_dict(FlowConfig, meta.get("flow") or {}, "meta.flow")
+    vae_random = getattr(vae, "is_random_init", False)
+    if text.dim != dit.config.text_dim:
+        raise ValueError(f"text encoder width {text.dim} != the DiT's text_dim {dit.config.text_dim}")
+    if vae.latent_channels != dit.config.in_channels:
+        raise ValueError(
+            f"VAE latent channels {vae.latent_channels} != DiT in_channels {dit.config.in_channels}"
+        )
+    random = [name for name, flag in (("DiT", meta.get("random_init")), ("VAE", vae_random)) if flag]
+    if random:
+        print(
+            f"note: the {' and '.join(random)} weights are RANDOM (no trained checkpoint yet); "
+            "the pipeline runs end to end but the video will not depict the prompt"
+        )
+    return dit, meta, vae, text, flow_cfg, device, dtype
+
+
+def denoise(requests: list[GenRequest], args, dit, vae, text, flow_cfg, device, dtype):
+    """Encode the prompts, pack all requests into shared denoising passes -> list of latents (C, T, h, w)."""
+    from videodit.sampling import Request, sample
+
+    prompts = [r.prompt for r in requests]
+    negatives = [r.negative_prompt for r in requests]
+    states, _ = text.encode(prompts + negatives)
+    reqs = [
+        Request(
+            size=latent_shape(r.frames, r.height, r.width, vae.temporal_stride, vae.spatial_stride),
+            text=states[i],
+            seed=r.seed,
+            negative=states[len(requests) + i] if r.negative_prompt else None,
+        )
+        for i, r in enumerate(requests)
+    ]
+    return sample(
+        dit, reqs, steps=args.steps, sampler=args.sampler, guidance=args.cfg, flow_cfg=flow_cfg,
+        device=device, dtype=dtype, token_budget=TOKEN_BUDGET,
+    )  # fmt: skip
+
+
+def decode_to_mp4(latent, request: GenRequest, vae, fps: float) -> int:
+    """Stream-decode one latent (C, T, h, w) and write its frames, cropped to H x W, to request.out."""
+    import torch
+    from einops import rearrange
+
+    from videodit.mp4 import Mp4Writer
+
+    z = latent[None].to(dtype=next(vae.parameters()).dtype)  # (1, C, T, h, w)
+    with torch.no_grad(), Mp4Writer(request.out, fps, request.height, request.width) as writer:
+        for chunk in vae.decode_stream(z, num_frames=request.frames, chunk_frames=DECODE_CHUNK_FRAMES):
+            rows, cols = crop_box(chunk.shape[-2:], (request.height, request.width))
+            pixels = chunk[0, :, :, rows, cols].float().clamp(-1, 1)  # (3, f, H, W)
+            frames = ((pixels + 1) * 127.5).round().to(torch.uint8)
+            writer.write(rearrange(frames, "c f h w -> f h w c").cpu())
+        return writer.frames_written
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        requests = validate(args)
+    except ValueError as e:
+        print(f"generate.py: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        dit, meta, vae, text, flow_cfg, device, dtype = build(args)
+        latents = denoise(requests, args, dit, vae, text, flow_cfg, device, dtype)
+        for request, latent in zip(requests, latents):
+            n = decode_to_mp4(latent, request, vae, args.fps)
+            print(f"wrote {n} frames of {request.height}x{request.width} to {request.out}")
+    except ValueError as e:
+        print(f"generate.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
