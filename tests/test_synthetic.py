@@ -190,3 +190,31 @@ def test_resolution_and_duration_ranges():
     assert durations() == [9, 13, 17, 21, 25, 29, 33]
     with pytest.raises(ValueError, match="multiple of 16"):
         resolutions(50, 60)
+
+
+# ---- natural-image clips (data/natural.py) ----
+
+
+def test_natural_clips_split_and_camera_motion(tmp_path):
+    from data.natural import HELDOUT_IMAGES, load_image, render_camera_clip, render_dataset, training_images
+
+    assert set(HELDOUT_IMAGES).isdisjoint(training_images()) and len(training_images()) >= 8
+    image = load_image("astronaut")
+    rng = np.random.default_rng(0)
+    still, _ = render_camera_clip(image, 48, 64, 9, "still", rng)
+    assert still.shape == (9, 48, 64, 3) and (still == still[:1]).all()
+    pan, phrase = render_camera_clip(image, 48, 64, 9, "pan", rng)
+    assert phrase.startswith("camera panning")
+    from skimage.registration import phase_cross_correlation
+
+    shift, _, _ = phase_cross_correlation(pan[0].mean(-1), pan[-1].mean(-1), upsample_factor=4)
+    travel = float(np.hypot(*shift)) / 48  # fraction of the shorter side over the clip
+    assert 0.08 <= travel <= 0.33, travel  # PAN_TRAVEL is 0.1-0.3: slow, but it moves
+    summary = render_dataset(tmp_path, num=5, seed=0, num_heldout=4, max_size=64, max_frames=9)
+    assert summary["train"] == 5
+    train = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
+    held = [json.loads(x) for x in (tmp_path / "heldout.jsonl").read_text().splitlines()]
+    assert all(r["image"] not in HELDOUT_IMAGES for r in train)
+    assert {r["image"] for r in held} == set(HELDOUT_IMAGES)
+    clip = read_mp4(tmp_path / held[0]["path"])
+    assert clip.shape == (held[0]["num_frames"], held[0]["height"], held[0]["width"], 3)
