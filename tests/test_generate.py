@@ -1,0 +1,169 @@
+"""generate.py: pure helpers, input validation (one line, no traceback), end to end on a tiny checkpoint."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import generate
+from vae3d.config import VAEConfig
+from vae3d.io import save_vae
+from vae3d.model import CausalVAE3D
+from videodit.checkpoint import save_dit
+from videodit.model import DiTConfig, VideoDiT
+from videodit.mp4 import read_mp4
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- pure helpers ------------------------------------------------------------------------------------
+def test_parse_resolution():
+    assert generate.parse_resolution("720x1280") == (720, 1280)
+    assert generate.parse_resolution("200X360") == (200, 360)
+    for bad in ("abc", "0x128", "128x0", "12x", "-5x10", "1.5x2", "99999x10"):
+        with pytest.raises(ValueError, match="resolution"):
+            generate.parse_resolution(bad)
+
+
+def test_latent_shape_covers_request():
+    assert generate.latent_shape(1, 200, 360, 4, 8) == (1, 25, 45)
+    assert generate.latent_shape(64, 720, 1280, 4, 8) == (17, 90, 160)
+    assert generate.latent_shape(2, 201, 359, 4, 8) == (2, 26, 45)
+    assert generate.latent_shape(5, 16, 16, 4, 16) == (2, 1, 1)
+    with pytest.raises(ValueError):
+        generate.latent_shape(0, 16, 16, 4, 8)
+
+
+def test_crop_box_is_centred():
+    rows, cols = generate.crop_box((208, 368), (200, 360))
+    assert (rows.start, rows.stop, cols.start, cols.stop) == (4, 204, 4, 364)
+
+
+def test_parse_prompts_file():
+    text = '{"prompt": "a dog"}\n\n'
+    text += '{"prompt": "a cat", "frames": 9, "res": "33x47", "seed": 4, "negative_prompt": "x"}\n'
+    items = generate.parse_prompts_file(text, "p.jsonl")
+    assert items == [
+        {"prompt": "a dog"},
+        {"prompt": "a cat", "frames": 9, "res": "33x47", "seed": 4, "negative_prompt": "x"},
+    ]
+    bad = {
+        '{"prompt": "ok"}\n{"prompt": "a", "frames": 0}': "p.jsonl:2: frames",
+        '{"prompt": "ok"}\n{"prompt": "a"\n': "p.jsonl:2: not valid JSON",
+        '{"prompt": "ok"}\n\n["a"]': "p.jsonl:3: expected a JSON object",
+        '{"prompt": ""}': "p.jsonl:1: 'prompt'",
+        '{"prompt": "a", "res": "abc"}': "p.jsonl:1: resolution 'abc'",
+        '{"prompt": "a", "steps": 3}': "p.jsonl:1: unknown key",
+        '{"prompt": "a", "seed": -2}': "p.jsonl:1: seed",
+        '{"prompt": "a", "frames": true}': "p.jsonl:1: frames",
+        "\n\n": "no requests",
+    }
+    for text, message in bad.items():
+        with pytest.raises(ValueError, match=message):
+            generate.parse_prompts_file(text, "p.jsonl")
+
+
+# ---- validation through main() -------------------------------------------------------------------------
+def _bad_inputs(tmp_path: Path) -> dict[str, list[str]]:
+    prompts = tmp_path / "bad.jsonl"
+    prompts.write_text('{"prompt": "a"}\n{"prompt": "b", "res": "0x10"}\n')
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    return {
+        "res abc": ["--prompt", "a", "--res", "abc"],
+        "res 0x128": ["--prompt", "a", "--res", "0x128"],
+        "frames 0": ["--prompt", "a", "--frames", "0"],
+        "frames -4": ["--prompt", "a", "--frames", "-4"],
+        "frames text": ["--prompt", "a", "--frames", "ten"],
+        "steps -1": ["--prompt", "a", "--steps", "-1"],
+        "seed -1": ["--prompt", "a", "--seed", "-1"],
+        "fps -2": ["--prompt", "a", "--fps", "-2"],
+        "cfg 0": ["--prompt", "a", "--cfg", "0"],
+        "sampler": ["--prompt", "a", "--sampler", "ddim"],
+        "missing ckpt": ["--prompt", "a", "--ckpt", str(tmp_path / "no_ckpt")],
+        "unwritable out": ["--prompt", "a", "--out", str(blocker / "x.mp4")],
+        "out not mp4": ["--prompt", "a", "--out", str(tmp_path / "x.avi")],
+        "no prompt": [],
+        "both": ["--prompt", "a", "--prompts-file", str(prompts)],
+        "bad prompts line": ["--prompts-file", str(prompts), "--out", str(tmp_path / "o")],
+        "missing prompts file": ["--prompts-file", str(tmp_path / "nope.jsonl")],
+        "unknown flag": ["--prompt", "a", "--width", "3"],
+    }
+
+
+def test_bad_input_one_line_nonzero_in_process(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(generate, "build", lambda args: pytest.fail("a model was loaded for bad input"))
+    for case, argv in _bad_inputs(tmp_path).items():
+        assert generate.main(argv) == 2, case
+        out, err = capsys.readouterr()
+        assert out == "", case
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("generate.py: error: "), (case, err)
+    _, err = capsys.readouterr()
+    generate.main(["--prompts-file", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "o")])
+    assert "bad.jsonl:2:" in capsys.readouterr().err
+    generate.main(["--prompt", "a", "--ckpt", str(tmp_path / "no_ckpt")])
+    assert "no_ckpt" in capsys.readouterr().err
+
+
+def test_bad_input_subprocess_no_traceback(tmp_path):
+    """The real entry point: exit code 2, one stderr line, no traceback; fast (torch is not imported)."""
+    cases = _bad_inputs(tmp_path)
+    for case in ("res abc", "frames 0", "missing ckpt", "unwritable out", "bad prompts line", "frames text"):
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "generate.py"), *cases[case]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2, (case, proc.stderr)
+        assert "Traceback" not in proc.stderr, case
+        assert len(proc.stderr.strip().splitlines()) == 1, (case, proc.stderr)
+
+
+# ---- end to end on a tiny random checkpoint -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_ckpt")
+    torch.manual_seed(0)
+    vae_cfg = VAEConfig(latent_channels=4, base_channels=8, channel_mult=(1, 1, 1), temporal_stride=4)
+    vae_dir = save_vae(CausalVAE3D(vae_cfg), root / "vae")
+    dit = VideoDiT(DiTConfig(in_channels=4, text_dim=384, hidden_size=24, depth=1, num_heads=2))
+    meta = {"vae": str(vae_dir), "text_encoder": "default", "random_init": True, "flow": {"max_tokens": 4096}}
+    return save_dit(dit, root / "dit", meta)
+
+
+def test_generate_exact_size_and_frames(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "one.mp4"
+    argv = ["--prompt", "dog running in snow", "--frames", "1", "--res", "200x360", "--steps", "2"]
+    assert generate.main([*argv, "--ckpt", str(tiny_ckpt), "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert str(out) in stdout and "RANDOM" in stdout
+    assert read_mp4(out).shape == (1, 200, 360, 3)
+
+
+def test_generate_prompts_file_packs_odd_shapes(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    lines = [
+        {"prompt": "a dog", "frames": 64, "res": "32x48"},
+        {"prompt": "a cat", "frames": 6, "res": "33x47", "negative_prompt": "blurry"},
+        {"prompt": "the sea", "frames": 1},
+    ]
+    prompts = tmp_path / "req.jsonl"
+    prompts.write_text("\n".join(json.dumps(x) for x in lines))
+    import videodit.sampling as sampling
+
+    calls = []
+    real = VideoDiT.forward_samples
+    monkeypatch.setattr(
+        VideoDiT, "forward_samples", lambda self, z, t, e: calls.append(len(z)) or real(self, z, t, e)
+    )
+    argv = ["--prompts-file", str(prompts), "--res", "24x40", "--steps", "2", "--sampler", "heun"]
+    assert generate.main([*argv, "--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "o")]) == 0
+    assert calls == [6, 6, 6]  # 3 requests x (cond + uncond) packed into each of heun's 3 calls
+    assert sampling.SAMPLERS == generate.SAMPLERS
+    shapes = [read_mp4(tmp_path / "o" / f"{i:04d}.mp4").shape for i in range(3)]
+    assert shapes == [(64, 32, 48, 3), (6, 33, 47, 3), (1, 24, 40, 3)]
+    assert capsys.readouterr().out.count("wrote ") == 3
