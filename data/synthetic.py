@@ -24,33 +24,24 @@ from pathlib import Path
 
 import numpy as np
 
-from data.captions import (
+from videodit.mp4 import Mp4Writer
+from videodit.world import (
+    BACKGROUND_RGB,
     BACKGROUNDS,
     COLOURS,
     MOTIONS,
+    PALETTE,
     SHAPES,
     heldout_combos,
     make_caption,
     parse_prompt,
     training_combos,
 )
-from videodit.mp4 import Mp4Writer
 
 __all__ = ["PALETTE", "BACKGROUND_RGB", "ClipSpec", "sample_spec", "trajectory", "render_clip",
            "render_dataset", "eval_prompts", "resolutions", "durations", "heldout_combos",
            "training_combos", "parse_prompt", "make_caption"]
 
-PALETTE = {
-    "red": (230, 30, 30),
-    "green": (30, 200, 60),
-    "blue": (40, 80, 240),
-    "yellow": (245, 225, 40),
-    "white": (245, 245, 245),
-    "purple": (150, 50, 200),
-    "orange": (250, 140, 20),
-    "cyan": (30, 220, 230),
-}
-BACKGROUND_RGB = {"black": (0, 0, 0), "dark gray": (48, 48, 48), "navy": (16, 24, 96)}
 SIZE_RANGE = (0.10, 0.30)  # object extent as a fraction of the shorter side
 MIN_TRAVEL = 0.30  # left/right/up/down travel at least this fraction of the frame (goal: >= 0.25)
 MARGIN = 1.0  # pixels kept between the object and the frame edge

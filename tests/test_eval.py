@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from data.captions import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, make_caption
 from data.synthetic import durations, render_clip, render_dataset, resolutions, sample_spec
 from videodit.eval import analyse_clip, classify_motion, evaluate_videos, main, psnr, score_clips, vae_psnr
 from videodit.mp4 import write_mp4
+from videodit.world import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, make_caption
 
 
 def _ground_truth(n, seed=0):

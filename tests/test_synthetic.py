@@ -4,7 +4,20 @@ import re
 import numpy as np
 import pytest
 
-from data.captions import (
+from data.synthetic import (
+    BACKGROUND_RGB,
+    PALETTE,
+    coverage,
+    durations,
+    eval_prompts,
+    render_clip,
+    render_dataset,
+    resolutions,
+    sample_spec,
+    trajectory,
+)
+from videodit.mp4 import read_mp4
+from videodit.world import (
     BACKGROUND_WORDS,
     BACKGROUNDS,
     COLOUR_WORDS,
@@ -20,19 +33,6 @@ from data.captions import (
     parse_prompt,
     training_combos,
 )
-from data.synthetic import (
-    BACKGROUND_RGB,
-    PALETTE,
-    coverage,
-    durations,
-    eval_prompts,
-    render_clip,
-    render_dataset,
-    resolutions,
-    sample_spec,
-    trajectory,
-)
-from videodit.mp4 import read_mp4
 
 
 def _specs(n, seed=0):

@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.captions import heldout_combos, parse_prompt  # the world's vocabulary (data/ owns the world)
-from data.synthetic import BACKGROUND_RGB, PALETTE
 from videodit.mp4 import read_mp4
+from videodit.world import BACKGROUND_RGB, PALETTE, heldout_combos, parse_prompt
 
 ATTRIBUTES = ("colour", "shape", "motion", "background")
 MIN_CONTRAST = 40.0  # RGB distance from the background below which a frame shows no object

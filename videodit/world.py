@@ -1,4 +1,6 @@
-"""The synthetic world's language: attribute values, synonyms, caption templates, and the parser.
+"""The synthetic world's look and language: palette, attributes, synonyms, captions, and the parser.
+
+Shared by `data/synthetic.py` (which renders the world) and `videodit/eval.py` (which judges it).
 
 The world has one object per clip with four attributes:
 
@@ -19,6 +21,17 @@ import re
 
 import numpy as np
 
+PALETTE = {
+    "red": (230, 30, 30),
+    "green": (30, 200, 60),
+    "blue": (40, 80, 240),
+    "yellow": (245, 225, 40),
+    "white": (245, 245, 245),
+    "purple": (150, 50, 200),
+    "orange": (250, 140, 20),
+    "cyan": (30, 220, 230),
+}
+BACKGROUND_RGB = {"black": (0, 0, 0), "dark gray": (48, 48, 48), "navy": (16, 24, 96)}
 COLOURS = ("red", "green", "blue", "yellow", "white", "purple", "orange", "cyan")
 SHAPES = ("circle", "square", "triangle")
 MOTIONS = ("left", "right", "up", "down", "bouncing", "still")
