@@ -21,13 +21,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoModel,
-    AutoTokenizer,
-    CLIPTextModel,
-    T5EncoderModel,
-    UMT5EncoderModel,
-)
+import transformers
 
 DEFAULT_MAX_LENGTH = 256
 
@@ -53,13 +47,10 @@ def resolve_text_encoder_path(name_or_path: str | Path) -> Path:
 
 
 def _model_class(model_type: str) -> type:
-    if model_type == "t5":
-        return T5EncoderModel
-    if model_type == "umt5":
-        return UMT5EncoderModel
-    if model_type in ("clip", "clip_text_model"):
-        return CLIPTextModel
-    return AutoModel
+    """The transformers class for a config's model_type (looked up lazily: each import costs seconds)."""
+    name = {"t5": "T5EncoderModel", "umt5": "UMT5EncoderModel", "clip": "CLIPTextModel"}.get(model_type)
+    name = "CLIPTextModel" if model_type == "clip_text_model" else name
+    return getattr(transformers, name or "AutoModel")
 
 
 class TextEncoder:
@@ -92,7 +83,7 @@ class TextEncoder:
         self.max_length = int(max_length)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype or torch.float32
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
         model_cls = _model_class(model_type)
         self.model = model_cls.from_pretrained(path, local_files_only=True, dtype=self.dtype)
         self.model.to(self.device).eval().requires_grad_(False)
