@@ -24,6 +24,7 @@ class DeepSpeedConfig:
     grad_accum: int = 1  # micro-steps (rows) per optimizer step
     grad_clip: float = 1.0  # global gradient-norm clip; 0 = off
     overlap_comm: bool = False
+    cpu_shm_comm: bool = False  # CPU only: build DeepSpeed's shared-memory all-reduce op (slow JIT compile)
 
     def __post_init__(self):
         if self.zero_stage not in (0, 1, 2, 3):
@@ -62,14 +63,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed() -> tuple[int, int, int]:
+def init_distributed(cpu_shm_comm: bool = False) -> tuple[int, int, int]:
     """Join (or create) the process group -> (rank, local_rank, world_size).
 
     Under the `deepspeed` launcher RANK/WORLD_SIZE/MASTER_* come from the environment; a plain
     `python train_video.py` becomes a 1-process group on a free local port. Backend: nccl on CUDA,
-    gloo on CPU (DeepSpeed's accelerator picks it).
+    gloo on CPU (DeepSpeed's accelerator picks it). On CPU, DeepSpeed would JIT-compile its shared-memory
+    all-reduce op on first use (minutes on a small machine); it is only built if `cpu_shm_comm`.
     """
     import deepspeed
+    import deepspeed.ops
+
+    if not torch.cuda.is_available() and not cpu_shm_comm:
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
     if "RANK" not in os.environ:  # plain python: a group of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
