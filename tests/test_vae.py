@@ -91,8 +91,8 @@ def test_tiling_seam_bound():
         assert len(m._tiles(24, 32, 128)[1]) > 1
     enc_err = (zt - z).abs().max() / z.abs().max()
     dec_err = (xt - x).abs().mean() / x.abs().mean()
-    # measured on this random-init model: enc 0.27 (max, relative), dec 0.069 (mean, relative)
-    assert enc_err < 0.4 and dec_err < 0.1, (enc_err, dec_err)
+    # measured on this random-init model: enc 0.14 (max, relative), dec 0.037 (mean, relative)
+    assert enc_err < 0.2 and dec_err < 0.05, (enc_err, dec_err)
     assert (xt - x).abs().max() > 0  # the tiles really were separate
 
 

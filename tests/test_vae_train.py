@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 import torch
 
 import train_vae
@@ -41,7 +40,6 @@ def test_resume_continues_from_last_checkpoint(tmp_path):
     assert [r["step"] for r in lines] == [1, 2, 3, 4, 5]
 
 
-@pytest.mark.slow
 def test_gan_phase_runs_and_logs_discriminator(tmp_path):
     records = run(tmp_path, "steps=6", "loss.gan_start=3", "loss.disc_channels=4", "loss.disc_layers=2")
     assert "gan_d" not in records[2] and "gan_d" in records[3]

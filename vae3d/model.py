@@ -178,9 +178,6 @@ class CausalVAE3D(nn.Module):
         self._check_video(video)
         f = video.shape[2]
         padded = 1 + (self.num_latent_frames(f) - 1) * self.temporal_stride
-        if padded > f:
-            tail = video[:, :, -1:].expand(-1, -1, padded - f, -1, -1)
-            video = torch.cat([video, tail], dim=2)  # (B, 3, F', H, W)
         step = padded if chunk_frames is None else chunk_frames
         if step < 1:
             raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
@@ -189,7 +186,11 @@ class CausalVAE3D(nn.Module):
         caches: dict = {}
         parts = []
         for start in range(0, padded, step):
-            chunk = video[:, :, start: start + step]
+            end = min(start + step, padded)
+            chunk = video[:, :, start: min(end, f)]  # (B, 3, f', H, W)
+            if end > f:  # the tail is padded with copies of the last frame, chunk by chunk (no full copy)
+                tail = video[:, :, -1:].expand(-1, -1, end - max(start, f), -1, -1)
+                chunk = torch.cat([chunk, tail], dim=2)
             part = run_tiled(self.encoder, chunk, caches, spans_h, spans_w, ss, 1, overlap)
             if part.shape[2]:
                 parts.append(part)

@@ -25,24 +25,26 @@ def tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
     return [(s, s + length) for s in starts]
 
 
-def _ramp(length: int, ramp: int, left: bool, right: bool) -> torch.Tensor:
+def _ramp(length: int, overlap: int, left: bool, right: bool) -> torch.Tensor:
+    """Weights along one axis: on a side with a neighbour, 0 over the outer quarter of the overlap (the part
+    a tile computes from zero padding instead of real context), a linear ramp over its middle half, then 1.
+    Two neighbours' ramps sum to 1 across an overlap of exactly `overlap`."""
+    d = torch.arange(length, dtype=torch.float32) + 0.5  # distance from the left edge
     w = torch.ones(length)
-    if ramp > 0:
-        up = (torch.arange(ramp, dtype=torch.float32) + 0.5) / ramp  # (ramp,) in (0, 1)
+    if overlap > 0:
         if left:
-            w[:ramp] = torch.minimum(w[:ramp], up)
+            w = torch.minimum(w, ((d - overlap / 4) / (overlap / 2)).clamp(0, 1))
         if right:
-            w[-ramp:] = torch.minimum(w[-ramp:], up.flip(0))
+            w = torch.minimum(w, ((length - d - overlap / 4) / (overlap / 2)).clamp(0, 1))
     return w
 
 
 def blend_mask(span_h: tuple[int, int], span_w: tuple[int, int], size_h: int, size_w: int,
                overlap: int, scale: int) -> torch.Tensor:
-    """Weight (h * scale, w * scale) of one tile: ramps of `overlap * scale` on sides with a neighbour."""
+    """Weight (h * scale, w * scale) of one tile: ramps within `overlap * scale` on sides with a neighbour."""
     (h0, h1), (w0, w1) = span_h, span_w
-    ramp = overlap * scale
-    wh = _ramp((h1 - h0) * scale, ramp, h0 > 0, h1 < size_h)
-    ww = _ramp((w1 - w0) * scale, ramp, w0 > 0, w1 < size_w)
+    wh = _ramp((h1 - h0) * scale, overlap * scale, h0 > 0, h1 < size_h)
+    ww = _ramp((w1 - w0) * scale, overlap * scale, w0 > 0, w1 < size_w)
     return wh[:, None] * ww[None, :]  # (h, w)
 
 
