@@ -59,3 +59,16 @@ def make_dataset(folder: str | Path, num_clips: int = 4, bad: bool = False, size
     manifest = folder / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return manifest
+
+
+def tiny_vae(folder: str | Path, latent_channels: int = 4) -> Path:
+    """A random-init tiny causal VAE (ts=4, ss=8) saved with vae3d.io.save_vae; returns its folder."""
+    import torch
+
+    from vae3d.config import VAEConfig
+    from vae3d.io import save_vae
+    from vae3d.model import CausalVAE3D
+
+    torch.manual_seed(0)
+    cfg = VAEConfig(latent_channels=latent_channels, base_channels=8, patch_size=2, channel_mult=(1, 1, 1))
+    return save_vae(CausalVAE3D(cfg), Path(folder))

@@ -1,0 +1,60 @@
+"""Latent cache: equals on-the-fly encoding, resumable, split across ranks."""
+
+import json
+
+import pytest
+import torch
+from test_data_fixtures import make_dataset, tiny_vae
+
+from data.dataset import VideoDataset
+from data.precache import LatentCache, precache, shard_name
+from data.sampling import SamplingConfig
+from vae3d.io import load_vae
+from videodit.text_encoder import TextEncoder
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    folder = tiny_vae(tmp_path_factory.mktemp("vae") / "vae")
+    return str(folder), load_vae(str(folder)).eval(), TextEncoder("default")
+
+
+def test_cache_equals_on_the_fly(tmp_path, encoders):
+    vae_path, vae, te = encoders
+    manifest = make_dataset(tmp_path / "clips", num_clips=3, bad=True)
+    sampling = SamplingConfig(min_tokens=4, max_tokens=24, patch=(1, 2, 2))
+    index = precache(manifest, tmp_path / "cache", vae, te, sampling, seed=5, shard_size=2)
+    meta = json.loads(index.read_text())
+    assert len(meta["samples"]) == 3 and len(meta["skipped"]) == 5
+    cache = LatentCache(tmp_path / "cache", patch=(1, 2, 2))
+    ds = VideoDataset(manifest, SamplingConfig(min_tokens=4, max_tokens=24), seed=5, shuffle=False)
+    for j in range(len(cache)):
+        got = cache.load(j)
+        ref = ds.load(meta["samples"][j]["index"])
+        with torch.no_grad():
+            z = vae.encode(ref["video"][None])[0]
+        torch.testing.assert_close(got["latent"], z, rtol=0, atol=0)
+        torch.testing.assert_close(got["text"], te.encode([ref["caption"]])[0][0], rtol=1e-5, atol=1e-5)
+        assert got["caption"] == ref["caption"]
+        assert cache.token_length(j) == (z.shape[1]) * (z.shape[2] // 2) * (z.shape[3] // 2)
+
+
+def test_resumable_and_rank_split(tmp_path, encoders):
+    _, vae, te = encoders
+    manifest = make_dataset(tmp_path / "clips", num_clips=4)
+    out = tmp_path / "cache"
+    cfg = SamplingConfig(min_tokens=4, max_tokens=16)
+    assert precache(manifest, out, vae, te, cfg, shard_size=1, rank=0, world_size=2) is None  # shards 0, 2
+    assert sorted(p.stem for p in out.glob("shard_*.json")) == [shard_name(0), shard_name(2)]
+    stamp = (out / f"{shard_name(0)}.safetensors").stat().st_mtime_ns
+    index = precache(manifest, out, vae, te, cfg, shard_size=1, rank=1, world_size=2)  # 1, 3 -> complete
+    assert index is not None and len(json.loads(index.read_text())["samples"]) == 4
+    (out / f"{shard_name(3)}.json").unlink()  # as if killed before shard 3 finished
+    precache(manifest, out, vae, te, cfg, shard_size=1)
+    assert (out / f"{shard_name(0)}.safetensors").stat().st_mtime_ns == stamp  # done shards skipped
+    assert (out / f"{shard_name(3)}.json").is_file()
+
+
+def test_missing_index_refused(tmp_path):
+    with pytest.raises(ValueError, match="index.json"):
+        LatentCache(tmp_path)
