@@ -121,7 +121,7 @@ def _frames_av(path: Path, indices: list[int], size: tuple[int, int] | None) -> 
         if not container.streams.video:
             raise VideoDecodeError(f"{path}: no video stream")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.thread_count = 1  # one core per clip; parallelism comes from ranks / loader workers
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
                 arr = frame.to_ndarray(**kwargs)  # (H, W, 3)
