@@ -4,7 +4,7 @@ Yields `{"video": (3, F, H, W) float in [-1, 1], "caption": str, "path": str, "i
 Every random choice of a clip (frames, resolution) is drawn from an RNG seeded by (seed, epoch, index),
 so the same clip comes out the same whichever rank, worker or resume point reads it.
 A file that cannot be read (missing, empty, truncated, garbled, not a video) is skipped with a warning
-naming it and counted in `stats["skipped"]`; it never stops the run.
+naming it and counted in `stats["skipped"]` (once per file and process); it never stops the run.
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ class VideoDataset(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.stats = {"skipped": 0, "yielded": 0}
         self._plans: dict[int, ClipPlan] = {}  # this epoch's plans of clips measured but not yet loaded
+        self.bad: set[int] = set()  # rows found unreadable: warned about and counted once, then skipped
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -115,24 +116,32 @@ class VideoDataset(IterableDataset):
             self._plans[index] = plan_entry(entry, self.cfg, clip_rng(self.seed, self.epoch, index))
         return self._plans[index]
 
+    def _skip(self, index: int, err: Exception) -> None:
+        self.bad.add(index)
+        skip_warning(self.entries[index].path, err, self.stats)
+
     def token_length(self, index: int) -> int | None:
         """Patch tokens of row `index` this epoch (probe only, no decoding); None if unreadable."""
+        if index in self.bad:
+            return None
         try:
             plan = self.plan(index)
         except VideoDecodeError as e:
-            skip_warning(self.entries[index].path, e, self.stats)
+            self._skip(index, e)
             return None
         return token_count(len(plan.indices), plan.height, plan.width, self.cfg)
 
     def load(self, index: int) -> dict | None:
         """The sample for manifest row `index` this epoch, or None (counted, warned) if unreadable."""
         entry = self.entries[index]
+        if index in self.bad:
+            return None
         try:
             plan = self.plan(index)
             self._plans.pop(index, None)
             video = load_clip(entry.path, plan)
         except VideoDecodeError as e:
-            skip_warning(entry.path, e, self.stats)
+            self._skip(index, e)
             return None
         self.stats["yielded"] += 1
         return {"video": video, "caption": entry.caption, "path": entry.path, "index": index}
