@@ -60,6 +60,9 @@ def test_resume_reaches_same_loss(tmp_path, assets, one_rank):
     assert full[-1]["skipped_data"] >= 5 and "bad data skipped" in log
     model, meta = load_dit(tmp_path / "split/ema")
     assert meta["vae"] == str(assets["vae"]) and meta["flow"]["text_drop_prob"] == 0.1
+    reference, _ = load_dit(tmp_path / "full/ema")  # EMA restored too: same average as the unstopped run
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
     assert (tmp_path / "split/checkpoints/latest").read_text() == "step00000004"
 
 
