@@ -107,40 +107,28 @@ def attention(
 
 
 def _sdpa_segments(q, k, v, cu_q, cu_k) -> torch.Tensor:
-    """Per-segment SDPA; segments with the same (Lq, Lk) run as one batch (gather -> SDPA -> scatter)."""
-    starts_q, starts_k = cu_q[:-1].tolist(), cu_k[:-1].tolist()
+    """Per-segment SDPA; segments of the same (Lq, Lk) are stacked into one batched call.
+
+    Segments are cut with `split` and joined with `cat` (no index scatter), so backward stays linear in N.
+    """
     lens_q, lens_k = torch.diff(cu_q).tolist(), torch.diff(cu_k).tolist()
+    qs, ks, vs = q.split(lens_q), k.split(lens_k), v.split(lens_k)  # views (L_i, nh, dh)
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, (lq, lk) in enumerate(zip(lens_q, lens_k)):
-        if lq > 0:
-            groups[(lq, lk)].append(i)
-    out = q.new_zeros(q.shape)  # (Nq, nh, dh); segments with no keys stay zero
+        groups[(lq, lk)].append(i)
+    outs: list[torch.Tensor | None] = [None] * len(lens_q)
     for (lq, lk), seg in groups.items():
-        if lk == 0:
+        if lq == 0 or lk == 0:  # no queries, or nothing to attend to: zeros
+            for i in seg:
+                outs[i] = q.new_zeros(lq, *q.shape[1:])
             continue
-        if len(seg) == 1:
-            i = seg[0]
-            qs = q[starts_q[i] : starts_q[i] + lq].transpose(0, 1)  # (nh, Lq, dh)
-            ks = k[starts_k[i] : starts_k[i] + lk].transpose(0, 1)  # (nh, Lk, dh)
-            vs = v[starts_k[i] : starts_k[i] + lk].transpose(0, 1)
-            o = F.scaled_dot_product_attention(qs, ks, vs)  # (nh, Lq, dh)
-            out[starts_q[i] : starts_q[i] + lq] = o.transpose(0, 1)
-            continue
-        iq = (
-            torch.tensor([starts_q[i] for i in seg], device=q.device)[:, None]
-            + torch.arange(lq, device=q.device)
-        ).flatten()  # (G*Lq,)
-        ik = (
-            torch.tensor([starts_k[i] for i in seg], device=k.device)[:, None]
-            + torch.arange(lk, device=k.device)
-        ).flatten()  # (G*Lk,)
-        G = len(seg)
-        qs = q[iq].unflatten(0, (G, lq)).transpose(1, 2)  # (G, nh, Lq, dh)
-        ks = k[ik].unflatten(0, (G, lk)).transpose(1, 2)  # (G, nh, Lk, dh)
-        vs = v[ik].unflatten(0, (G, lk)).transpose(1, 2)
-        o = F.scaled_dot_product_attention(qs, ks, vs)  # (G, nh, Lq, dh)
-        out[iq] = o.transpose(1, 2).flatten(0, 1)  # (G*Lq, nh, dh)
-    return out
+        qb = torch.stack([qs[i] for i in seg]).transpose(1, 2)  # (G, nh, Lq, dh)
+        kb = torch.stack([ks[i] for i in seg]).transpose(1, 2)  # (G, nh, Lk, dh)
+        vb = torch.stack([vs[i] for i in seg]).transpose(1, 2)
+        o = F.scaled_dot_product_attention(qb, kb, vb).transpose(1, 2)  # (G, Lq, nh, dh)
+        for i, oi in zip(seg, o.unbind(0)):
+            outs[i] = oi
+    return torch.cat(outs)  # (Nq, nh, dh)
 
 
 def _segment_ids(cu: torch.Tensor, n: int) -> torch.Tensor:
