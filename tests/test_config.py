@@ -21,8 +21,8 @@ class Outer:
 
 
 def test_override_types_and_nesting():
-    cfg = apply_overrides(Outer(), ["inner.lr=0.5", "inner.steps=3", "flag=true", "inner.patch=[2,2,2]"])
-    assert cfg.inner.lr == 0.5 and cfg.inner.steps == 3 and cfg.flag is True
+    cfg = apply_overrides(Outer(), ["inner.lr=5e-4", "inner.steps=3", "flag=true", "inner.patch=[2,2,2]"])
+    assert cfg.inner.lr == 5e-4 and cfg.inner.steps == 3 and cfg.flag is True
     assert cfg.inner.patch == (2, 2, 2)
 
 
@@ -31,6 +31,7 @@ def test_override_types_and_nesting():
     [
         ("inner.nope=1", "unknown config key 'inner.nope'"),
         ("inner.steps=abc", "inner.steps: expected an integer"),
+        ("inner.lr=fast", "inner.lr: expected a number"),
         ("flag=3", "flag: expected true/false"),
         ("inner.patch=[1,2]", "expected 3 values"),
         ("noequals", "must look like"),
