@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 import train_vae
@@ -43,3 +44,24 @@ def test_resume_continues_from_last_checkpoint(tmp_path):
 def test_gan_phase_runs_and_logs_discriminator(tmp_path):
     records = run(tmp_path, "steps=6", "loss.gan_start=3", "loss.disc_channels=4", "loss.disc_layers=2")
     assert "gan_d" not in records[2] and "gan_d" in records[3]
+
+
+@pytest.mark.slow
+def test_deepspeed_two_ranks_trains_and_resumes(tmp_path):
+    """torchrun/deepspeed launch (RANK set): DeepSpeed engine on 2 CPU ranks, then resume from OUT/ds."""
+    import os
+    import subprocess
+    import sys
+
+    def launch(steps):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train_vae.py"]
+        for item in [*TINY, f"out_dir={tmp_path}", f"steps={steps}", "save_every=2", "stats_clips=2"]:
+            cmd += ["--set", item]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=600)
+
+    launch(2)
+    assert (tmp_path / "ds" / "last").is_dir() and (tmp_path / "final" / "model.safetensors").is_file()
+    launch(3)
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3]

@@ -173,7 +173,7 @@ class CausalVAE3D(nn.Module):
 
     # ---- encode --------------------------------------------------------------------------------------
     def encode_moments(self, video: torch.Tensor, chunk_frames: int | None = None,
-                       tile: int | tuple[int, int] | None = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                       tile: int | tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw posterior (mean, logvar), each (B, c, T, h, w). Pads the tail to 1 + k * ts frames."""
         self._check_video(video)
         f = video.shape[2]
@@ -199,8 +199,13 @@ class CausalVAE3D(nn.Module):
         return mean, logvar.clamp(self.config.logvar_min, self.config.logvar_max)
 
     def encode(self, video: torch.Tensor, chunk_frames: int | None = None,
-               tile: int | tuple[int, int] | None = 0) -> torch.Tensor:
-        """Video (B, 3, F, H, W) in [-1, 1] -> normalised posterior mean (B, c, T, h, w)."""
+               tile: int | tuple[int, int] | None = None) -> torch.Tensor:
+        """Video (B, 3, F, H, W) in [-1, 1] -> normalised posterior mean (B, c, T, h, w).
+
+        chunk_frames: frames per streamed step (None: one pass; results agree to ~1e-6).
+        tile: spatial tile in pixels, int or (h, w) multiples of ss; None = auto (512 px tiles when H or W
+        exceeds 512), 0 = never tile. Tiles overlap by 64 px and are blended (see vae3d.tiling).
+        """
         mean, _ = self.encode_moments(video, chunk_frames, tile)
         return (mean - self.latent_shift.view(1, -1, 1, 1, 1)) / self.latent_scale.view(1, -1, 1, 1, 1)
 
@@ -242,7 +247,7 @@ class CausalVAE3D(nn.Module):
     def forward(self, video: torch.Tensor, sample: bool = True,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """video (B, 3, F, H, W) -> (recon (B, 3, F, H, W), mean, logvar (B, c, T, h, w)), unnormalised."""
-        mean, logvar = self.encode_moments(video)
+        mean, logvar = self.encode_moments(video, tile=0)
         z = mean
         if sample:
             noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
