@@ -35,7 +35,7 @@ def wan_like():
                             temperal_downsample=[False, True, True]).eval()
 
 
-def timed(fn, repeats: int = 1) -> float:
+def timed(fn, repeats: int = 2) -> float:
     fn()  # warm-up
     best = float("inf")
     for _ in range(repeats):
@@ -142,7 +142,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--size", type=int, default=128)
-    p.add_argument("--mem-size", type=int, default=64)
+    p.add_argument("--mem-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
