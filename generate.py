@@ -63,11 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=16, help="number of frames, exact (default 16)")
     p.add_argument("--res", default="256x256", help="HEIGHTxWIDTH in pixels, exact (default 256x256)")
     p.add_argument("--fps", type=float, default=16.0, help="frames per second of the mp4 (default 16)")
-    p.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
-    p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale >= 1 (default 5)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's, else 30)")
+    p.add_argument("--cfg", type=float, help="guidance scale >= 1 (default: the checkpoint's, else 5)")
     p.add_argument("--negative-prompt", default="", help="what to steer away from (default: none)")
     p.add_argument("--seed", type=int, default=0, help="random seed (prompts file: seed + line index)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="euler", help="diffusers flow-matching scheduler")
+    p.add_argument("--sampler", choices=SAMPLERS, help="scheduler (default: the checkpoint's, else euler)")
     p.add_argument("--ckpt", default="default", help="DiT checkpoint folder (default: the embedded model)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on CUDA, float32 on CPU")
@@ -202,8 +202,9 @@ def validate(args: argparse.Namespace) -> list[GenRequest]:
     height, width = parse_resolution(args.res)
     if not (args.fps > 0 and math.isfinite(args.fps)):
         raise ValueError(f"--fps must be > 0, got {args.fps}")
-    _positive_int(args.steps, "--steps", "")
-    if not (args.cfg >= 1.0 and math.isfinite(args.cfg)):
+    if args.steps is not None:
+        _positive_int(args.steps, "--steps", "")
+    if args.cfg is not None and not (args.cfg >= 1.0 and math.isfinite(args.cfg)):
         raise ValueError(f"--cfg must be >= 1 (1 = no guidance), got {args.cfg}")
     _seed(args.seed, "--")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", args.device):
@@ -251,6 +252,16 @@ def validate(args: argparse.Namespace) -> list[GenRequest]:
 
 
 # ---- build and run (heavy imports from here on) ------------------------------------------------------
+SAMPLING_DEFAULTS = {"steps": 30, "cfg": 5.0, "sampler": "euler"}
+
+
+def apply_sampling_defaults(args: argparse.Namespace, recommended: dict) -> None:
+    """Fill --steps/--cfg/--sampler left unset: the checkpoint's recommendation, else SAMPLING_DEFAULTS."""
+    for key, fallback in SAMPLING_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, recommended.get(key, fallback))
+
+
 def build(args: argparse.Namespace):
     """-> (dit, meta, vae, text_encoder, flow_cfg, device, dtype). Loads the models."""
     import torch
@@ -283,6 +294,7 @@ def build(args: argparse.Namespace):
         raise ValueError(
             f"VAE latent channels {vae.latent_channels} != DiT in_channels {dit.config.in_channels}"
         )
+    apply_sampling_defaults(args, meta.get("sampling") or {})
     random = [name for name, flag in (("DiT", meta.get("random_init")), ("VAE", vae_random)) if flag]
     if random:
         print(
