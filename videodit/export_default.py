@@ -1,0 +1,65 @@
+"""Ship a trained DiT + VAE as the package's embedded default (`videodit/default/`, `vae3d/default/`).
+
+    python -m videodit.export_default --dit runs/dit_default/ema --vae runs/vae_default/final \
+        --steps 12 --cfg 4 --sampler euler
+
+Weights are stored in float16 (half the bytes; they load into float32 models), except the VAE's latent
+shift/scale buffers. The DiT's meta is rewritten to point at the shipped VAE and the default text
+encoder, and records the recommended sampling settings that `generate.py` uses when its flags are unset.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from vae3d.io import DEFAULT_DIR as VAE_DEFAULT_DIR
+from vae3d.io import load_vae, save_vae
+from videodit.checkpoint import DEFAULT_DIR as DIT_DEFAULT_DIR
+from videodit.checkpoint import load_dit, save_dit
+
+KEEP_FP32 = ("latent_shift", "latent_scale")
+
+
+def _half(model: torch.nn.Module) -> torch.nn.Module:
+    """Cast floating parameters and buffers to float16 in place, keeping KEEP_FP32 buffers."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not name.endswith(KEEP_FP32):
+            tensor.data = tensor.data.half()
+    return model
+
+
+def export_default(dit_path: str | Path, vae_path: str | Path, sampling: dict,
+                   dit_out: Path = DIT_DEFAULT_DIR, vae_out: Path = VAE_DEFAULT_DIR) -> tuple[Path, Path]:
+    vae = load_vae(str(vae_path))
+    if getattr(vae, "is_random_init", False) or not hasattr(vae, "config"):
+        raise ValueError(f"{str(vae_path)!r} is not a trained CausalVAE3D folder")
+    dit, meta = load_dit(dit_path)
+    if dit.config.in_channels != vae.latent_channels:
+        raise ValueError(f"DiT in_channels {dit.config.in_channels} != VAE latent channels "
+                         f"{vae.latent_channels}")
+    save_vae(_half(vae), vae_out, meta={"source": str(vae_path)})
+    meta = {**meta, "vae": "default", "text_encoder": "default", "random_init": False,
+            "sampling": sampling, "source": str(dit_path)}
+    save_dit(_half(dit), dit_out, meta)
+    return dit_out, vae_out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dit", required=True, help="DiT checkpoint folder (train_video.py's <out>/ema)")
+    p.add_argument("--vae", required=True, help="VAE folder (train_vae.py's <out>/final)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--sampler", default="euler")
+    args = p.parse_args(argv)
+    dit_out, vae_out = export_default(args.dit, args.vae,
+                                      {"steps": args.steps, "cfg": args.cfg, "sampler": args.sampler})
+    size = sum(f.stat().st_size for d in (dit_out, vae_out) for f in d.iterdir())
+    print(f"wrote {dit_out} and {vae_out} ({size / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
