@@ -36,9 +36,9 @@ def test_image_path_is_first_frame_of_video():
         assert m.decode(z_img).shape == (1, 3, 1, 32, 32)
 
 
-@pytest.mark.parametrize("ts", [1, 2, 4])
-def test_streamed_equals_one_pass(ts):
-    m = tiny(temporal_stride=ts)
+@pytest.mark.parametrize("ts, norm", [(1, "rms"), (2, "rms"), (4, "rms"), (4, "scale")])
+def test_streamed_equals_one_pass(ts, norm):
+    m = tiny(temporal_stride=ts, norm=norm)
     v = video(11, b=2)
     with torch.no_grad():
         z = m.encode(v)
@@ -149,9 +149,18 @@ def test_bad_latent_input():
         ({"spatial_stride": 4}, "spatial_stride"),
         ({"channel_mult": (1, 2)}, "must equal spatial_stride"),
         ({"temporal_stride": 8, "channel_mult": (1, 2, 2)}, "needs 3 downsampling"),
+        ({"norm": "group"}, "norm must be 'rms' or 'scale'"),
     ],
 )
 def test_bad_config(kw, match):
     args = {"base_channels": 8, "channel_mult": (1, 2, 2)} | kw
     with pytest.raises(ValueError, match=match):
         VAEConfig(**args)
+
+
+def test_scale_norm_keeps_brightness_that_rms_norm_discards():
+    from vae3d.layers import ChannelRMSNorm
+
+    x = torch.ones(1, 4, 1, 2, 2)
+    assert torch.equal(ChannelRMSNorm(4)(x), ChannelRMSNorm(4)(3 * x))  # rms: magnitude gone
+    assert torch.equal(ChannelRMSNorm(4, normalize=False)(3 * x), 3 * x)

@@ -22,6 +22,7 @@ class VAEConfig:
     channel_mult: tuple[int, ...] = (1, 2, 4)
     num_res_blocks: int = 1  # residual blocks per level (the decoder uses the same number)
     temporal_kernel: int = 3  # time extent of every causal conv in the residual blocks
+    norm: str = "rms"  # "rms": per-position RMS norm over channels; "scale": learned per-channel scale only
     norm_eps: float = 1e-6
     logvar_min: float = -30.0
     logvar_max: float = 20.0
@@ -56,6 +57,8 @@ class VAEConfig:
             )
         if self.num_res_blocks < 0:
             raise ValueError(f"num_res_blocks must be >= 0, got {self.num_res_blocks}")
+        if self.norm not in ("rms", "scale"):
+            raise ValueError(f"norm must be 'rms' or 'scale', got {self.norm!r}")
         if self.temporal_kernel < 1:
             raise ValueError(f"temporal_kernel must be >= 1, got {self.temporal_kernel}")
         if not self.logvar_min < self.logvar_max:

@@ -51,12 +51,12 @@ class Encoder(nn.Module):
         c = widths[0]
         for i, w in enumerate(widths):
             for j in range(cfg.num_res_blocks):
-                layers[f"l{i}_res{j}"] = ResBlock3d(c, w, kt, cfg.norm_eps)
+                layers[f"l{i}_res{j}"] = ResBlock3d(c, w, kt, cfg.norm_eps, cfg.norm == "rms")
                 c = w
             if i < len(widths) - 1:
                 layers[f"l{i}_down"] = Downsample3d(c, c, temporal=cfg.temporal_down_at(i))
-        layers["mid"] = ResBlock3d(c, c, kt, cfg.norm_eps)
-        layers["norm_out"] = ChannelRMSNorm(c, cfg.norm_eps)
+        layers["mid"] = ResBlock3d(c, c, kt, cfg.norm_eps, cfg.norm == "rms")
+        layers["norm_out"] = ChannelRMSNorm(c, cfg.norm_eps, cfg.norm == "rms")
         layers["act_out"] = nn.SiLU()
         layers["conv_out"] = CausalConv3d(c, 2 * cfg.latent_channels, (kt, 3, 3))
         self.layers = nn.ModuleDict(layers)
@@ -76,17 +76,17 @@ class Decoder(nn.Module):
         c = widths[-1]
         layers: dict[str, nn.Module] = {
             "conv_in": CausalConv3d(cfg.latent_channels, c, (kt, 3, 3)),
-            "mid": ResBlock3d(c, c, kt, cfg.norm_eps),
+            "mid": ResBlock3d(c, c, kt, cfg.norm_eps, cfg.norm == "rms"),
         }
         for i in reversed(range(len(widths))):
             for j in range(cfg.num_res_blocks):
-                layers[f"l{i}_res{j}"] = ResBlock3d(c, widths[i], kt, cfg.norm_eps)
+                layers[f"l{i}_res{j}"] = ResBlock3d(c, widths[i], kt, cfg.norm_eps, cfg.norm == "rms")
                 c = widths[i]
             if i > 0:  # kernel_t=1: the residual blocks mix time; the x8-wide upsample conv stays cheap
                 temporal = cfg.temporal_down_at(i - 1)
                 layers[f"l{i}_up"] = Upsample3d(c, widths[i - 1], temporal=temporal, kernel_t=1)
                 c = widths[i - 1]
-        layers["norm_out"] = ChannelRMSNorm(c, cfg.norm_eps)
+        layers["norm_out"] = ChannelRMSNorm(c, cfg.norm_eps, cfg.norm == "rms")
         layers["act_out"] = nn.SiLU()
         layers["conv_out"] = CausalConv3d(c, cfg.in_channels * p * p, (kt, 3, 3))
         self.layers = nn.ModuleDict(layers)
