@@ -218,6 +218,8 @@ def main(argv=None) -> list[dict]:
         engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=opt,
                                                  config=deepspeed_config(cfg.deepspeed, world))
     step = maybe_resume(out, model, opt, disc, disc_opt, engine)
+    for group in opt.param_groups:  # the config's lr wins over the one saved with a resumed optimizer
+        group["lr"] = cfg.lr
     if rank == 0:
         (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
         log.info("VAE %.2fM parameters, world size %d, %s", sum(p.numel() for p in model.parameters()) / 1e6,
