@@ -198,3 +198,14 @@ def test_real_videodit_packed_equals_one_at_a_time():
     for z, y in zip(together, alone):
         torch.testing.assert_close(z, y, atol=1e-5, rtol=1e-5)
     assert (together[0] - other_seed).abs().max() > 0.1
+
+
+def test_sampling_builds_no_autograd_graph():
+    """Denoising must not keep a graph across steps (memory would grow with steps x requests)."""
+    from videodit.model import DiTConfig, VideoDiT
+    from videodit.sampling import Request, sample
+
+    model = VideoDiT(DiTConfig(in_channels=4, hidden_size=24, depth=1, num_heads=2))
+    out = sample(model, [Request(size=(2, 4, 4), text=torch.randn(3, 384), seed=0)], steps=2,
+                 sampler="euler", guidance=2.0, progress=False)
+    assert not out[0].requires_grad

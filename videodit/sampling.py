@@ -77,6 +77,7 @@ def request_tokens(req: Request, patch: tuple[int, int, int], guided: bool) -> i
     return num_tokens(req.size, patch) * (2 if guided else 1)
 
 
+@torch.no_grad()
 def sample(
     model,
     requests: Sequence[Request],
