@@ -40,7 +40,10 @@ def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path):
     assert meta["step"] == 2 and loaded.x_embedder.weight.dtype == torch.bfloat16
 
 
-def test_default_is_a_random_init_model_flagged_as_such():
+def test_default_without_shipped_weights_is_a_random_init_model_flagged_as_such(tmp_path, monkeypatch):
+    import videodit.checkpoint
+
+    monkeypatch.setattr(videodit.checkpoint, "DEFAULT_DIR", tmp_path / "nothing")
     model, meta = load_dit("default")
     assert meta["random_init"] is True and meta["vae"] == "default" and meta["text_encoder"] == "default"
     assert isinstance(model, VideoDiT)
