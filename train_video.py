@@ -189,21 +189,6 @@ class _EngineModel:
         return self.engine(packed, timesteps)
 
 
-def touch_root_parameters(model: torch.nn.Module) -> None:
-    """Make every rank's backward graph include the model's own (non-submodule) parameters.
-
-    VideoDiT uses `null_text` only when some sample in the row has its text dropped, so without this one
-    rank's gradient buckets can hold a parameter that another rank's lack: a collective mismatch under
-    ZeRO/DDP. Adding 0 * sum(p) inside the forward (before ZeRO-3 releases the gathered parameters)
-    keeps the graphs identical and changes no value.
-    """
-
-    def hook(module, args, output):
-        return output + sum(p.sum() for p in module.parameters(recurse=False)) * 0.0
-
-    model.register_forward_hook(hook)
-
-
 def step_generator(seed: int, rank: int, step: int, micro: int) -> torch.Generator:
     """Noise/timestep RNG of one micro-step: a function of its position only, so resume is exact."""
     return torch.Generator().manual_seed(hash((seed, rank, step, micro)) & 0x7FFF_FFFF_FFFF)
@@ -319,7 +304,6 @@ def main(argv=None) -> None:
 
     loader, encoders = build_data(cfg, rank, world, device)
     model = VideoDiT(cfg.model)
-    touch_root_parameters(model)
     ema = EMA(model, cfg.train.ema_decay)
     num_params = sum(p.numel() for p in model.parameters())
     optimizer, scheduler = build_optimizer(model, cfg.train)

@@ -154,3 +154,15 @@ def test_bad_input_errors_name_the_problem():
         DiTConfig(hidden_size=50)
     with pytest.raises(ValueError, match="even head dim >= 6"):
         DiTConfig(hidden_size=12, num_heads=4)
+
+
+def test_null_text_is_in_every_graph():
+    """Data-parallel ranks must reduce the same parameters whether or not a row has text dropped."""
+    from videodit.model import DiTConfig, VideoDiT
+
+    model = VideoDiT(DiTConfig(in_channels=4, hidden_size=24, depth=1, num_heads=2))
+    for p in model.parameters():
+        p.data.normal_(std=0.1)
+    out = model.forward_samples([torch.randn(4, 2, 4, 4)], torch.tensor([0.5]), [torch.randn(3, 384)])
+    out[0].sum().backward()
+    assert model.null_text.grad is not None

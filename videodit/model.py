@@ -305,6 +305,8 @@ class VideoDiT(nn.Module):
             src = torch.cat([txt, self.null_text.to(dtype).expand(empty.numel(), -1)])  # (M, D), out of order
             txt = src[torch.argsort(dest)]  # (M, D) samples back to back
             sid = torch.repeat_interleave(torch.arange(lens.numel(), device=txt.device), new_lens)
+        else:  # keep null_text in every graph, so data-parallel ranks always reduce the same parameters
+            txt = txt + 0.0 * self.null_text.sum().to(dtype)
         return txt, sid, new_cu.to(torch.int32), int(new_lens.max())
 
     def _check(self, packed: PackedBatch, timesteps: torch.Tensor) -> None:
