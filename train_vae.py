@@ -68,6 +68,8 @@ class VAETrainConfig:
     save_every: int = 200
     stats_clips: int = 32  # clips encoded at the end to measure the latent shift/scale
     seed: int = 0
+    init_from: str = ""  # start from this saved VAE (folder or "default") instead of a fresh one
+    freeze_encoder: bool = False  # train the decoder only: the latent space (and its shift/scale) stays
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.lr <= 0:
@@ -75,6 +77,8 @@ class VAETrainConfig:
         if self.log_every < 1 or self.save_every < 0 or self.stats_clips < 0:
             raise ValueError(f"log_every >= 1, save_every >= 0, stats_clips >= 0 required, got "
                              f"{self.log_every}, {self.save_every}, {self.stats_clips}")
+        if self.freeze_encoder and not self.init_from:
+            raise ValueError("freeze_encoder needs init_from: a trained VAE (its encoder is kept)")
 
 
 # ------------------------------------------------------------------ data
@@ -205,8 +209,18 @@ def main(argv=None) -> list[dict]:
     if use_ds:
         dist.barrier()
     torch.manual_seed(cfg.seed)  # identical init on every rank
-    model = CausalVAE3D(cfg.model).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    model = CausalVAE3D(cfg.model)
+    if cfg.init_from:
+        init = load_vae(cfg.init_from)
+        if to_dict(init.config) != to_dict(cfg.model):
+            raise ValueError(f"init_from {cfg.init_from}: its architecture {to_dict(init.config)} "
+                             f"differs from the config's model section {to_dict(cfg.model)}")
+        model.load_state_dict(init.state_dict())
+    if cfg.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    model = model.to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     disc = disc_opt = None
     if cfg.loss.gan_start >= 0:
         disc = PatchDiscriminator3D(cfg.loss.disc_channels, cfg.loss.disc_layers).to(device)
@@ -250,7 +264,7 @@ def main(argv=None) -> list[dict]:
                 logs_sum[k] = logs_sum.get(k, 0.0) + v / accum
         if engine is None:
             if cfg.deepspeed.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.deepspeed.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.deepspeed.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
         if gan_on:
@@ -274,7 +288,7 @@ def main(argv=None) -> list[dict]:
         if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
             save_state(out, model, opt, disc, disc_opt, step, engine)
     model.eval()
-    if cfg.stats_clips:
+    if cfg.stats_clips and not cfg.freeze_encoder:  # a frozen encoder keeps the stats it came with
         shift, scale = latent_stats(model, clip_stream(cfg, rank, world), cfg.stats_clips, device)
         model.set_latent_stats(shift, scale)
         if rank == 0:

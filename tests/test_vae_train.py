@@ -46,6 +46,29 @@ def test_gan_phase_runs_and_logs_discriminator(tmp_path):
     assert "gan_d" not in records[2] and "gan_d" in records[3]
 
 
+def test_decoder_finetune_keeps_encoder_and_latent_stats(tmp_path):
+    run(tmp_path / "base", "steps=2", "save_every=0")
+    base = load_vae(tmp_path / "base" / "final")
+    records = run(tmp_path / "ft", "steps=3", "save_every=0", f"init_from={tmp_path / 'base' / 'final'}",
+                  "freeze_encoder=true", "loss.mse_weight=1.0")
+    assert "mse" in records[0]
+    tuned = load_vae(tmp_path / "ft" / "final")
+    for (name, a), b in zip(base.encoder.state_dict().items(), tuned.encoder.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(base.latent_shift, tuned.latent_shift)
+    assert torch.equal(base.latent_scale, tuned.latent_scale)
+    changed = [not torch.equal(a, b) for a, b in zip(base.decoder.parameters(), tuned.decoder.parameters())]
+    assert all(changed)
+
+
+def test_freeze_encoder_needs_init_and_init_must_match(tmp_path):
+    with pytest.raises(ValueError, match="freeze_encoder needs init_from"):
+        run(tmp_path / "a", "steps=1", "freeze_encoder=true")
+    run(tmp_path / "base", "steps=1", "save_every=0", "stats_clips=0")
+    with pytest.raises(ValueError, match="differs from the config's model"):
+        run(tmp_path / "b", "steps=1", "model.latent_channels=8", f"init_from={tmp_path / 'base' / 'final'}")
+
+
 @pytest.mark.slow
 def test_deepspeed_two_ranks_trains_and_resumes(tmp_path):
     """torchrun/deepspeed launch (RANK set): DeepSpeed engine on 2 CPU ranks, then resume from OUT/ds."""

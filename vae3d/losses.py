@@ -17,6 +17,7 @@ from torch import nn
 @dataclass
 class VAELossConfig:
     l1_weight: float = 1.0
+    mse_weight: float = 0.0  # squared error: weighs large errors (a small object's wrong colour) more than L1
     kl_weight: float = 1e-6  # on the mean per-element KL to N(0, 1)
     ssim_weight: float = 0.2  # on (1 - SSIM), SSIM computed per frame
     gan_weight: float = 0.1  # generator hinge term, once step >= gan_start
@@ -26,7 +27,7 @@ class VAELossConfig:
     disc_lr: float = 1e-4
 
     def __post_init__(self) -> None:
-        for name in ("l1_weight", "kl_weight", "ssim_weight", "gan_weight", "disc_lr"):
+        for name in ("l1_weight", "mse_weight", "kl_weight", "ssim_weight", "gan_weight", "disc_lr"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         if self.gan_start < -1:
@@ -105,6 +106,10 @@ def vae_loss(recon: torch.Tensor, video: torch.Tensor, mean: torch.Tensor, logva
     s = ssim(recon, video) if cfg.ssim_weight > 0 else recon.new_ones(())
     loss = cfg.l1_weight * l1 + cfg.kl_weight * kl + cfg.ssim_weight * (1 - s)
     logs = {"l1": l1.item(), "kl": kl.item(), "ssim": s.item()}
+    if cfg.mse_weight > 0:
+        mse = (recon - video).pow(2).mean()
+        loss = loss + cfg.mse_weight * mse
+        logs["mse"] = mse.item()
     if disc is not None:
         g = -disc(recon).mean()
         loss = loss + cfg.gan_weight * g

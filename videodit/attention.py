@@ -76,8 +76,12 @@ def attention(
     max_q: int,
     max_k: int,
     backend: str = "auto",
+    seqlens: tuple[list[int], list[int]] | None = None,
 ) -> torch.Tensor:
-    """Block-diagonal attention of packed q `(Nq, nh, dh)` over k, v `(Nk, nh, dh)` -> `(Nq, nh, dh)`."""
+    """Block-diagonal attention of packed q `(Nq, nh, dh)` over k, v `(Nk, nh, dh)` -> `(Nq, nh, dh)`.
+
+    `seqlens`: the segment lengths of q and k as Python lists, when the caller already has them (the model
+    computes them once per forward), so the sdpa/xformers paths skip a device-to-host copy per call."""
     if q.dim() != 3 or k.shape != v.shape or q.shape[1:] != k.shape[1:]:
         raise ValueError(
             f"expected q (Nq, nh, dh) and k, v (Nk, nh, dh); got {tuple(q.shape)}, "
@@ -97,21 +101,22 @@ def attention(
         raise ValueError(
             "attention backend 'flex' has no backward on CPU in torch; use 'sdpa' for CPU training"
         )
+    if seqlens is None and backend in ("sdpa", "xformers"):
+        seqlens = torch.diff(cu_seqlens_q).tolist(), torch.diff(cu_seqlens_k).tolist()
     if backend == "sdpa":
-        return _sdpa_segments(q, k, v, cu_seqlens_q, cu_seqlens_k)
+        return _sdpa_segments(q, k, v, *seqlens)
     if backend == "flex":
         return _flex(q, k, v, cu_seqlens_q, cu_seqlens_k)
     if backend == "xformers":
-        return _xformers(q, k, v, cu_seqlens_q, cu_seqlens_k)
+        return _xformers(q, k, v, *seqlens)
     return _flash(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k)
 
 
-def _sdpa_segments(q, k, v, cu_q, cu_k) -> torch.Tensor:
+def _sdpa_segments(q, k, v, lens_q: list[int], lens_k: list[int]) -> torch.Tensor:
     """Per-segment SDPA; segments of the same (Lq, Lk) are stacked into one batched call.
 
     Segments are cut with `split` and joined with `cat` (no index scatter), so backward stays linear in N.
     """
-    lens_q, lens_k = torch.diff(cu_q).tolist(), torch.diff(cu_k).tolist()
     qs, ks, vs = q.split(lens_q), k.split(lens_k), v.split(lens_k)  # views (L_i, nh, dh)
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, (lq, lk) in enumerate(zip(lens_q, lens_k)):
@@ -163,10 +168,10 @@ def _flex(q, k, v, cu_q, cu_k) -> torch.Tensor:
     return o[0].transpose(0, 1)  # (Nq, nh, dh)
 
 
-def _xformers(q, k, v, cu_q, cu_k) -> torch.Tensor:
+def _xformers(q, k, v, lens_q: list[int], lens_k: list[int]) -> torch.Tensor:
     from xformers.ops import fmha
 
-    bias = fmha.attn_bias.BlockDiagonalMask.from_seqlens(torch.diff(cu_q).tolist(), torch.diff(cu_k).tolist())
+    bias = fmha.attn_bias.BlockDiagonalMask.from_seqlens(lens_q, lens_k)
     o = fmha.memory_efficient_attention(q[None], k[None], v[None], attn_bias=bias)  # (1, Nq, nh, dh)
     return o[0]
 

@@ -186,6 +186,8 @@ class _Segments:
     cos: torch.Tensor  # (N, dh/2)
     sin: torch.Tensor
     backend: str
+    seqlens: list[int]  # video tokens per sample, as Python ints (read once per forward, not per layer)
+    ctx_seqlens: list[int]  # text tokens per sample
 
 
 class SelfAttention(nn.Module):
@@ -200,7 +202,8 @@ class SelfAttention(nn.Module):
         q, k, v = rearrange(self.qkv(x), "n (three nh dh) -> three n nh dh", three=3, nh=self.nh)
         q = apply_rope(self.q_norm(q), seg.cos, seg.sin)  # (N, nh, dh)
         k = apply_rope(self.k_norm(k), seg.cos, seg.sin)
-        o = attention(q, k, v, seg.cu, seg.cu, seg.max_len, seg.max_len, seg.backend)  # (N, nh, dh)
+        o = attention(q, k, v, seg.cu, seg.cu, seg.max_len, seg.max_len, seg.backend,
+                      (seg.seqlens, seg.seqlens))  # (N, nh, dh)
         return self.proj(rearrange(o, "n nh dh -> n (nh dh)"))
 
 
@@ -216,7 +219,8 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: torch.Tensor, seg: _Segments) -> torch.Tensor:
         q = self.q_norm(rearrange(self.q(x), "n (nh dh) -> n nh dh", nh=self.nh))  # (N, nh, dh)
         k, v = rearrange(self.kv(ctx), "m (two nh dh) -> two m nh dh", two=2, nh=self.nh)  # (M, nh, dh)
-        o = attention(q, self.k_norm(k), v, seg.cu, seg.ctx_cu, seg.max_len, seg.ctx_max_len, seg.backend)
+        o = attention(q, self.k_norm(k), v, seg.cu, seg.ctx_cu, seg.max_len, seg.ctx_max_len, seg.backend,
+                      (seg.seqlens, seg.ctx_seqlens))
         return self.proj(rearrange(o, "n nh dh -> n (nh dh)"))
 
 
@@ -358,6 +362,8 @@ class VideoDiT(nn.Module):
             cos=cos,
             sin=sin,
             backend=resolve_backend(cfg.attention, device, dtype),
+            seqlens=torch.diff(packed.cu_seqlens).tolist(),
+            ctx_seqlens=torch.diff(ctx_cu).tolist(),
         )
         for block in self.blocks:
             if cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
