@@ -15,9 +15,10 @@ def video(f, h=32, w=32, b=1):
     return torch.rand(b, 3, f, h, w) * 2 - 1
 
 
+@pytest.mark.parametrize("arch", ["conv", "patch"])
 @pytest.mark.parametrize("f", [1, 2, 5, 17, 18])
-def test_exact_frame_counts(f):
-    m = tiny()
+def test_exact_frame_counts(f, arch):
+    m = tiny(arch=arch)
     with torch.no_grad():
         z = m.encode(video(f))
         assert z.shape == (1, 4, 1 + -(-(f - 1) // 4), 4, 4)
@@ -25,8 +26,9 @@ def test_exact_frame_counts(f):
         assert m.decode(z).shape[2] == 1 + (z.shape[2] - 1) * 4
 
 
-def test_image_path_is_first_frame_of_video():
-    m = tiny()
+@pytest.mark.parametrize("arch", ["conv", "patch"])
+def test_image_path_is_first_frame_of_video(arch):
+    m = tiny(arch=arch)
     v = video(9)
     with torch.no_grad():
         z_img = m.encode(v[:, :, :1])
@@ -36,9 +38,10 @@ def test_image_path_is_first_frame_of_video():
         assert m.decode(z_img).shape == (1, 3, 1, 32, 32)
 
 
-@pytest.mark.parametrize("ts, norm", [(1, "rms"), (2, "rms"), (4, "rms"), (4, "scale")])
-def test_streamed_equals_one_pass(ts, norm):
-    m = tiny(temporal_stride=ts, norm=norm)
+@pytest.mark.parametrize("ts, norm, arch", [(1, "rms", "conv"), (2, "rms", "conv"), (4, "rms", "conv"),
+                                            (4, "scale", "conv"), (2, "rms", "patch"), (4, "rms", "patch")])
+def test_streamed_equals_one_pass(ts, norm, arch):
+    m = tiny(temporal_stride=ts, norm=norm, arch=arch)
     v = video(11, b=2)
     with torch.no_grad():
         z = m.encode(v)
@@ -51,8 +54,9 @@ def test_streamed_equals_one_pass(ts, norm):
         assert (torch.cat(parts, dim=2) - x).abs().max() <= 1e-4
 
 
-def test_causality():
-    m = tiny()
+@pytest.mark.parametrize("arch", ["conv", "patch"])
+def test_causality(arch):
+    m = tiny(arch=arch)
     v = video(13)
     v2 = v.clone()
     v2[:, :, 6:] = torch.rand_like(v2[:, :, 6:])  # change frames > 5
@@ -150,6 +154,7 @@ def test_bad_latent_input():
         ({"channel_mult": (1, 2)}, "must equal spatial_stride"),
         ({"temporal_stride": 8, "channel_mult": (1, 2, 2)}, "needs 3 downsampling"),
         ({"norm": "group"}, "norm must be 'rms' or 'scale'"),
+        ({"arch": "unet"}, "arch must be 'conv' or 'patch'"),
     ],
 )
 def test_bad_config(kw, match):

@@ -11,6 +11,11 @@ def _log2_exact(value: int) -> int:
 
 @dataclass
 class VAEConfig:
+    # "conv": a conv pyramid (patch_size, channel_mult, num_res_blocks per level).
+    # "patch": space-time patches of (ts, ss, ss) pixels through a per-patch MLP of width base_channels, then
+    # num_res_blocks causal residual blocks at latent resolution (patch_size and channel_mult unused). It
+    # learns small objects and flat colours far faster than the conv pyramid on this CPU (BENCHMARKS.md).
+    arch: str = "conv"
     in_channels: int = 3  # pixel channels (RGB)
     latent_channels: int = 16  # c: channels of the latent the DiT sees
     temporal_stride: int = 4  # ts: F frames -> 1 + ceil((F - 1) / ts) latent frames; one of 1, 2, 4, 8
@@ -43,14 +48,16 @@ class VAEConfig:
             raise ValueError(f"channel_mult must be non-empty positive ints, got {self.channel_mult}")
         if self.base_channels < 1:
             raise ValueError(f"base_channels must be >= 1, got {self.base_channels}")
+        if self.arch not in ("conv", "patch"):
+            raise ValueError(f"arch must be 'conv' or 'patch', got {self.arch!r}")
         downs = len(self.channel_mult) - 1
-        if self.patch_size * 2**downs != self.spatial_stride:
+        if self.arch == "conv" and self.patch_size * 2**downs != self.spatial_stride:
             raise ValueError(
                 f"patch_size * 2 ** (len(channel_mult) - 1) = {self.patch_size * 2 ** downs} must equal "
                 f"spatial_stride {self.spatial_stride}; got patch_size={self.patch_size}, "
                 f"channel_mult={self.channel_mult}"
             )
-        if self.num_temporal_downs > downs:
+        if self.arch == "conv" and self.num_temporal_downs > downs:
             raise ValueError(
                 f"temporal_stride {self.temporal_stride} needs {self.num_temporal_downs} downsampling levels "
                 f"but channel_mult={self.channel_mult} has only {downs}"

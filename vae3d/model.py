@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -21,6 +22,7 @@ from .tiling import run_tiled, tile_spans
 
 DEFAULT_TILE = 512  # pixels; auto tiling (tile=None) kicks in above this height or width
 TILE_OVERLAP = 64  # pixels of blended overlap between neighbouring tiles
+PATCH_LOGVAR_INIT = -8.0  # initial posterior log-variance of arch "patch" (std 0.018)
 
 
 def _run(modules: dict[str, nn.Module], x: torch.Tensor, cache: dict | None) -> tuple[torch.Tensor, dict]:
@@ -53,8 +55,9 @@ class Encoder(nn.Module):
             for j in range(cfg.num_res_blocks):
                 layers[f"l{i}_res{j}"] = ResBlock3d(c, w, kt, cfg.norm_eps, cfg.norm == "rms")
                 c = w
-            if i < len(widths) - 1:
-                layers[f"l{i}_down"] = Downsample3d(c, c, temporal=cfg.temporal_down_at(i))
+            if i < len(widths) - 1:  # widen here too, so num_res_blocks=0 still follows channel_mult
+                layers[f"l{i}_down"] = Downsample3d(c, widths[i + 1], temporal=cfg.temporal_down_at(i))
+                c = widths[i + 1]
         layers["mid"] = ResBlock3d(c, c, kt, cfg.norm_eps, cfg.norm == "rms")
         layers["norm_out"] = ChannelRMSNorm(c, cfg.norm_eps, cfg.norm == "rms")
         layers["act_out"] = nn.SiLU()
@@ -99,6 +102,80 @@ class Decoder(nn.Module):
         return x, cache
 
 
+class PatchEncoder(nn.Module):
+    """arch "patch": (B, 3, F, H, W) -> moments (B, 2c, T, h, w), streamable over any chunking.
+
+    The stream's first frame is replicated ts - 1 times in front, so 1 + k * ts frames make k + 1 whole
+    (ts, ss, ss) patches; each patch goes through a pointwise MLP, then causal residual blocks mix
+    neighbouring latents. Cache: {"buf": frames not yet forming a whole patch, "res<i>": block caches}.
+    """
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.ts, self.ss, w = cfg.temporal_stride, cfg.spatial_stride, cfg.base_channels
+        self.proj_in = nn.Conv3d(cfg.in_channels * self.ts * self.ss**2, w, 1)
+        self.proj_mid = nn.Conv3d(w, w, 1)
+        rms = cfg.norm == "rms"
+        self.blocks = nn.ModuleList(
+            ResBlock3d(w, w, cfg.temporal_kernel, cfg.norm_eps, rms) for _ in range(cfg.num_res_blocks)
+        )
+        self.norm_out = ChannelRMSNorm(w, cfg.norm_eps, cfg.norm == "rms")
+        self.conv_out = nn.Conv3d(w, 2 * cfg.latent_channels, 1)
+        with torch.no_grad():  # start nearly deterministic: unit posterior noise drowned the small initial
+            self.conv_out.bias[cfg.latent_channels:].fill_(PATCH_LOGVAR_INIT)  # means and stalled training
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> tuple[torch.Tensor, dict]:
+        if cache is None:
+            x = torch.cat([x[:, :, :1].expand(-1, -1, self.ts - 1, -1, -1), x], dim=2)
+        else:
+            x = torch.cat([cache["buf"], x], dim=2)
+        n = x.shape[2] // self.ts
+        new = {"buf": x[:, :, n * self.ts:]}
+        if n == 0:
+            for i in range(len(self.blocks)):
+                new[f"res{i}"] = (cache or {}).get(f"res{i}")
+            b, _, _, h, w = x.shape
+            return x.new_zeros(b, self.conv_out.out_channels, 0, h // self.ss, w // self.ss), new
+        x = rearrange(x[:, :, : n * self.ts], "b c (t pt) (h p1) (w p2) -> b (c pt p1 p2) t h w",
+                      pt=self.ts, p1=self.ss, p2=self.ss)
+        x = self.proj_mid(F.silu(self.proj_in(x)))
+        for i, block in enumerate(self.blocks):
+            x, new[f"res{i}"] = block(x, (cache or {}).get(f"res{i}"))
+        return self.conv_out(F.silu(self.norm_out(x))), new
+
+
+class PatchDecoder(nn.Module):
+    """arch "patch": latent (B, c, T, h, w) -> video (B, 3, 1 + (T - 1) * ts, H, W), streamable.
+
+    Mirror of PatchEncoder; the stream's first latent yields only the last frame of its patch (the
+    encoder's replicated padding). Cache: {"started": True, "res<i>": block caches}.
+    """
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.ts, self.ss, w = cfg.temporal_stride, cfg.spatial_stride, cfg.base_channels
+        self.conv_in = nn.Conv3d(cfg.latent_channels, w, 1)
+        rms = cfg.norm == "rms"
+        self.blocks = nn.ModuleList(
+            ResBlock3d(w, w, cfg.temporal_kernel, cfg.norm_eps, rms) for _ in range(cfg.num_res_blocks)
+        )
+        self.norm_out = ChannelRMSNorm(w, cfg.norm_eps, cfg.norm == "rms")
+        self.proj_mid = nn.Conv3d(w, w, 1)
+        self.proj_out = nn.Conv3d(w, cfg.in_channels * self.ts * self.ss**2, 1)
+
+    def forward(self, z: torch.Tensor, cache: dict | None = None) -> tuple[torch.Tensor, dict]:
+        new: dict = {"started": True}
+        x = self.conv_in(z)
+        for i, block in enumerate(self.blocks):
+            x, new[f"res{i}"] = block(x, (cache or {}).get(f"res{i}"))
+        x = self.proj_out(F.silu(self.proj_mid(F.silu(self.norm_out(x)))))
+        x = rearrange(x, "b (c pt p1 p2) t h w -> b c (t pt) (h p1) (w p2)",
+                      pt=self.ts, p1=self.ss, p2=self.ss)
+        if cache is None:
+            x = x[:, :, self.ts - 1:]
+        return x, new
+
+
 class CausalVAE3D(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
@@ -106,8 +183,8 @@ class CausalVAE3D(nn.Module):
         self.temporal_stride = cfg.temporal_stride
         self.spatial_stride = cfg.spatial_stride
         self.latent_channels = cfg.latent_channels
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
+        self.encoder = PatchEncoder(cfg) if cfg.arch == "patch" else Encoder(cfg)
+        self.decoder = PatchDecoder(cfg) if cfg.arch == "patch" else Decoder(cfg)
         self.register_buffer("latent_shift", torch.zeros(cfg.latent_channels))
         self.register_buffer("latent_scale", torch.ones(cfg.latent_channels))
 
