@@ -101,7 +101,7 @@ def test_tiling_seam_bound():
 
 
 def test_patch_arch_tiling_is_exact():
-    """arch "patch" sees one latent of context per side, well inside the 64 px overlap: tiles agree exactly."""
+    """arch "patch" sees one latent of context per side, well inside the 64 px overlap: tiles agree."""
     m = tiny(arch="patch")
     v = video(5, 192, 256)
     with torch.no_grad():
