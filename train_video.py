@@ -86,6 +86,10 @@ class TrainConfig:
     save_every: int = 500  # 0 = only at the end
     keep_checkpoints: int = 2
     resume: bool = True  # continue from <output_dir>/checkpoints/latest if present
+    # Start a NEW run from the weights of a `save_dit` folder (e.g. another run's ema/) instead of random
+    # init; shapes must match. If its `prediction` differs from model.prediction, the output head is
+    # zeroed (it is relearned). Ignored when resuming (the checkpoint wins).
+    init_from: str = ""
     sample_every: int = 0  # write sample videos with the EMA model every N steps (0 = off)
     sample_prompts: tuple[str, ...] = ("a red ball bouncing",)
     sample_size: tuple[int, int, int] = (5, 32, 32)  # frames, height, width of sample videos
@@ -208,6 +212,25 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
 
 
+def init_weights(model: VideoDiT, folder: str) -> None:
+    """Copy a `save_dit` folder's weights into `model` (same shapes); zero the head if `prediction` differs.
+    """
+    from videodit.checkpoint import load_dit
+
+    source, _ = load_dit(folder)
+    src_state, dst_state = source.state_dict(), model.state_dict()
+    bad = [k for k in dst_state if k not in src_state or src_state[k].shape != dst_state[k].shape]
+    if bad:
+        raise ValueError(f"train.init_from {folder!r} does not fit model: mismatched or missing {bad[:5]}"
+                         f"{' ...' if len(bad) > 5 else ''}")
+    model.load_state_dict({k: v.float() for k, v in src_state.items()})
+    if source.config.prediction != model.config.prediction:
+        torch.nn.init.zeros_(model.final_layer.linear.weight)
+        torch.nn.init.zeros_(model.final_layer.linear.bias)
+    log.info("initialised from %s (prediction %s -> %s)", folder, source.config.prediction,
+             model.config.prediction)
+
+
 def dit_meta(cfg: RunConfig) -> dict:
     vae, te = cfg.data.vae, cfg.data.text_encoder
     if cfg.data.cache:
@@ -304,6 +327,8 @@ def main(argv=None) -> None:
 
     loader, encoders = build_data(cfg, rank, world, device)
     model = VideoDiT(cfg.model)
+    if cfg.train.init_from:
+        init_weights(model, cfg.train.init_from)
     ema = EMA(model, cfg.train.ema_decay)
     num_params = sum(p.numel() for p in model.parameters())
     optimizer, scheduler = build_optimizer(model, cfg.train)

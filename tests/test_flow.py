@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from videodit.flow import (
+    X0_T_FLOOR,
     FlowConfig,
     flow_loss,
     interpolate,
@@ -14,6 +15,7 @@ from videodit.flow import (
     shift_mu,
     shift_timesteps,
     timestep_shift,
+    to_velocity,
 )
 from videodit.patchify import spacetime_patchify
 
@@ -168,3 +170,44 @@ def test_tiny_videodit_overfits_one_clip():
         losses.append(loss.item())
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.75 * first, (first, last)  # starts at E|noise - x0|^2 = 2 (zero-init output)
+
+
+def test_to_velocity_turns_an_exact_x0_into_the_exact_velocity():
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(5, 12, generator=g), torch.randn(5, 12, generator=g)
+    t = torch.tensor([0.05, 0.2, 0.5, 0.9, 1.0])[:, None]  # (N, 1) per token
+    x_t = interpolate(x0, noise, t)
+    torch.testing.assert_close(to_velocity(x0, x_t, t, "x0"), noise - x0, atol=1e-4, rtol=1e-4)
+    assert to_velocity(x0, x_t, t, "velocity") is x0  # a velocity head passes through
+    # below the floor the denominator is clipped: v = (x_t - x0) / X0_T_FLOOR, finite at t = 0
+    v = to_velocity(x0, x0, 0.0, "x0")
+    assert torch.all(v == 0) and X0_T_FLOOR == 0.05
+    with pytest.raises(ValueError, match="prediction"):
+        to_velocity(x0, x_t, t, "eps")
+
+
+class X0Oracle:
+    """An x0-predicting stand-in that knows the clean latents of the batch it is given."""
+
+    def __init__(self, clean):
+        self.config = SimpleNamespace(patch=PATCH, prediction="x0")
+        self.clean = clean
+
+    def forward_packed(self, packed, timesteps):
+        from videodit.packing import pack_like
+
+        return pack_like(packed, self.clean)
+
+
+def test_flow_loss_x0_head_is_zero_for_the_true_x0_and_positive_otherwise():
+    g = torch.Generator().manual_seed(1)
+    lat = [torch.randn(4, 2, 4, 6, generator=g), torch.randn(4, 1, 2, 2, generator=g)]
+    txt = [torch.randn(3, 8), torch.randn(2, 8)]
+    cfg = FlowConfig(logit_mean=-1.0, text_drop_prob=0.0)  # t mostly well above the 0.05 floor
+    loss, per = flow_loss(X0Oracle(lat), lat, txt, cfg, torch.Generator().manual_seed(2))
+    t = sample_timesteps([12, 1], cfg, torch.Generator().manual_seed(2))
+    assert torch.all(t > X0_T_FLOOR)
+    assert loss.item() < 1e-8 and per.shape == (2,)
+    wrong = [z + 0.5 for z in lat]
+    loss_wrong, _ = flow_loss(X0Oracle(wrong), lat, txt, cfg, torch.Generator().manual_seed(2))
+    assert loss_wrong.item() > 0.2  # 0.5^2 / t^2 with t < 1

@@ -146,3 +146,33 @@ def test_script_is_runnable_with_plain_python():
     res = subprocess.run([sys.executable, "train_video.py", "--help"], cwd=REPO, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0 and "--set" in res.stdout
+
+
+def test_init_from_copies_weights_and_resets_head_for_a_new_parameterisation(tmp_path, assets, one_rank):
+    from videodit.checkpoint import save_dit
+    from videodit.model import DiTConfig, VideoDiT
+
+    src_cfg = DiTConfig(in_channels=4, hidden_size=32, depth=1, num_heads=2)
+    source = VideoDiT(src_cfg)
+    for p in source.parameters():  # adaLN-zero leaves zeros; make every weight recognisable
+        torch.nn.init.normal_(p, std=0.1)
+    save_dit(source, tmp_path / "src", {})
+    same = VideoDiT(DiTConfig(in_channels=4, hidden_size=32, depth=1, num_heads=2))
+    train_video.init_weights(same, str(tmp_path / "src"))
+    for (name, a), b in zip(same.state_dict().items(), source.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    x0 = VideoDiT(DiTConfig(in_channels=4, hidden_size=32, depth=1, num_heads=2, prediction="x0"))
+    train_video.init_weights(x0, str(tmp_path / "src"))
+    torch.testing.assert_close(x0.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    assert torch.all(x0.final_layer.linear.weight == 0) and torch.all(x0.final_layer.linear.bias == 0)
+    with pytest.raises(ValueError, match="does not fit model"):
+        wider = VideoDiT(DiTConfig(in_channels=4, hidden_size=64, depth=1))
+        train_video.init_weights(wider, str(tmp_path / "src"))
+    # a whole run: an x0 model started from the velocity model's weights trains and exports its config
+    metrics = run(assets, tmp_path / "x0", **{"train.max_steps": 2, "model.hidden_size": 32, "model.depth": 1,
+                                             "model.num_heads": 2, "model.prediction": "x0",
+                                             "train.init_from": tmp_path / "src"})
+    assert len(metrics) == 2 and all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics)
+    model, _ = load_dit(tmp_path / "x0/ema")
+    assert model.config.prediction == "x0"
+    assert "initialised from" in (tmp_path / "x0/train.log").read_text()

@@ -18,6 +18,11 @@ Each sample in a packed batch gets its own t' from its own L (its full token cou
 dropping). Sampling (`videodit.sampling`) uses exactly the same `timestep_shift`, so training and
 inference agree.
 
+Parameterisation: the model predicts either v directly or the clean latent x0 (`DiTConfig.prediction`).
+An x0 prediction becomes v = (x_t - x0) / max(t, X0_T_FLOOR) (`to_velocity`) before the loss and in the
+samplers, so the loss is always the velocity error (JiT: x-prediction with a v-loss, the denominator
+clipped at 0.05).
+
 Loss: mean squared velocity error over each sample's kept tokens (and channels), then the plain mean of
 those per-sample losses. Averaging over all tokens of the packed batch instead would weight each sample
 by its token count: one 64-frame 720p clip would outweigh dozens of images packed beside it, and the
@@ -90,6 +95,33 @@ def sample_timesteps(
     return shift_timesteps(t, shifts)
 
 
+X0_T_FLOOR = 0.05  # smallest t dividing an x0 prediction in `to_velocity`
+
+
+def to_velocity(
+    output: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor | float,
+    prediction: str,
+    t_floor: float = X0_T_FLOOR,
+) -> torch.Tensor:
+    """The model's raw output -> velocity, for either parameterisation.
+
+    output and x_t have the same shape; t broadcasts against them (a float, or e.g. (N, 1) per token).
+    "velocity": output unchanged. "x0": v = (x_t - x0) / max(t, t_floor). Training keeps the default
+    floor (it bounds the loss weight 1/t^2 of the x0 error); samplers pass a tiny one, because a solver
+    step of size dt <= t then moves exactly dt/t of the way to x0, whereas a clipped denominator would
+    stall the last steps (diffusers' schedules end near t = 0.001).
+    """
+    if prediction == "velocity":
+        return output
+    if prediction != "x0":
+        raise ValueError(f"prediction must be 'velocity' or 'x0', got {prediction!r}")
+    if not torch.is_tensor(t):
+        t = torch.tensor(float(t), device=output.device)
+    return (x_t.to(output.dtype) - output) / t.to(output.dtype).clamp(min=t_floor)
+
+
 def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
     """x_t = (1 - t) x0 + t noise."""
     return (1 - t) * x0 + t * noise
@@ -135,6 +167,10 @@ def flow_loss(
     packed = pack(noisy, texts, patch, drop_rate=drop_rate, generator=generator)
     target = pack_like(packed, targets)  # (N, D_in)
     pred = model.forward_packed(packed, t.to(latents[0].device))  # (N, D_in)
+    prediction = getattr(model.config, "prediction", "velocity")
+    if prediction != "velocity":
+        t_tok = t.to(pred.device)[packed.sample_id.to(pred.device)][:, None]  # (N, 1)
+        pred = to_velocity(pred.float(), packed.tokens.to(pred.device).float(), t_tok, prediction)
     err = (pred.float() - target.float()).pow(2).mean(dim=1)  # (N,)
     per_sample = per_sample_mean(err, packed.sample_id, packed.num_samples)  # (B,)
     return per_sample.mean(), per_sample

@@ -47,6 +47,11 @@ class DiTConfig:
     )  # fractional mode: (t, h, w) grid positions scale to; 0 = keep integer
     attention: Literal["auto", "sdpa", "flex", "xformers", "flash"] = "auto"  # see videodit/attention.py
     grad_checkpointing: bool = False  # recompute each block in backward (training only)
+    # What the output head predicts: "velocity" (v = noise - x0) or "x0" (the clean latent; the flow
+    # loss and the samplers turn it into v = (x_t - x0) / t, see videodit.flow.to_velocity). The x0 head
+    # suits a model narrower than its patch (hidden_size < patch_dim): v and noise are full-rank in every
+    # patch dimension and cannot pass a narrower residual stream, clean latents can (JiT, Li & He 2025).
+    prediction: Literal["velocity", "x0"] = "velocity"
     frequency_embedding_size: int = 256  # sinusoidal timestep features before the timestep MLP
     norm_eps: float = 1e-6
 
@@ -70,6 +75,8 @@ class DiTConfig:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         if len(self.rope_ref_grid) != 3 or min(self.rope_ref_grid) < 0:
             raise ValueError(f"rope_ref_grid must be three integers >= 0, got {self.rope_ref_grid}")
+        if self.prediction not in ("velocity", "x0"):
+            raise ValueError(f"prediction must be 'velocity' or 'x0', got {self.prediction!r}")
         if self.attention not in BACKENDS:
             raise ValueError(f"attention must be one of {list(BACKENDS)}, got {self.attention!r}")
 

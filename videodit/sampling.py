@@ -9,6 +9,8 @@ share the forward passes instead of running in a loop.
 A request's initial noise comes from a CPU `torch.Generator` seeded with its own seed, so its result does
 not depend on what else is in the batch (up to float rounding of the batched matmuls).
 
+An x0-predicting model's outputs are turned into velocities (`videodit.flow.to_velocity`) before CFG.
+
 CFG: v = v_uncond + g * (v_cond - v_uncond). The unconditional input is the negative prompt when given,
 else the empty text (zero tokens -> the model's learned null token). g == 1 skips the unconditional pass.
 
@@ -27,7 +29,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler, UniPCMultistepScheduler
 from tqdm.auto import tqdm
 
-from videodit.flow import FlowConfig, timestep_shift
+from videodit.flow import FlowConfig, timestep_shift, to_velocity
 from videodit.packing import num_tokens, plan_rows
 
 SAMPLERS = ("euler", "heun", "unipc")
@@ -131,6 +133,7 @@ def _denoise_group(
     patch = tuple(model.config.patch)
     channels = int(model.config.in_channels)
     guided = guidance != 1.0
+    prediction = getattr(model.config, "prediction", "velocity")
     shifts = [timestep_shift(num_tokens(r.size, patch), flow_cfg) for r in requests]
     scheds = [make_scheduler(sampler, shift, steps) for shift in shifts]
     latents = [initial_noise(channels, r.size, r.seed).to(device) for r in requests]  # float32 (C, T, h, w)
@@ -154,6 +157,8 @@ def _denoise_group(
                 ts.append(t_i)
                 es.append(uncond[i])
         preds = model.forward_samples(xs, torch.tensor(ts, device=device, dtype=torch.float32), es)
+        preds = [to_velocity(p.float(), x.float(), t_i, prediction, t_floor=1e-6)
+                 for p, x, t_i in zip(preds, xs, ts)]
         for j, (i, timestep) in enumerate(zip(active, timesteps)):
             if guided:
                 cond, unc = preds[2 * j].float(), preds[2 * j + 1].float()
