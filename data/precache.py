@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--min-tokens", type=int, default=SamplingConfig.min_tokens)
     p.add_argument("--max-tokens", type=int, default=SamplingConfig.max_tokens)
     p.add_argument("--max-frames", type=int, default=SamplingConfig.max_frames)
+    p.add_argument("--min-frames", type=int, default=SamplingConfig.min_frames,
+                   help="shortest frame count taken from a clip (clips shorter than this are taken whole); "
+                        "set it to --max-frames to keep whole clips when captions describe the whole clip")
     p.add_argument("--target-fps", type=float, default=SamplingConfig.target_fps)
     p.add_argument("--patch", type=int, nargs=3, default=list(SamplingConfig.patch))
     p.add_argument("--seed", type=int, default=0)
@@ -187,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     sampling = SamplingConfig(min_tokens=args.min_tokens, max_tokens=args.max_tokens,
-                              max_frames=args.max_frames, target_fps=args.target_fps, patch=tuple(args.patch))
+                              max_frames=args.max_frames, min_frames=args.min_frames,
+                              target_fps=args.target_fps, patch=tuple(args.patch))
     index = precache(args.manifest, args.out, args.vae, args.text_encoder, sampling, args.seed,
                      args.shard_size, rank, world, device, getattr(torch, args.dtype))
     if index is not None:

@@ -58,3 +58,19 @@ def test_resumable_and_rank_split(tmp_path, encoders):
 def test_missing_index_refused(tmp_path):
     with pytest.raises(ValueError, match="index.json"):
         LatentCache(tmp_path)
+
+
+def test_cli_min_frames_keeps_whole_clips(tmp_path, encoders):
+    """--min-frames = --max-frames takes every clip whole (9 or 13 frames -> 3 or 4 latent frames at ts 4),
+    instead of a random shorter span whose caption may describe motion it does not show."""
+    from data.precache import main
+
+    vae_path, _, _ = encoders
+    manifest = make_dataset(tmp_path / "clips", num_clips=4)
+    common = ["--manifest", str(manifest), "--vae", vae_path, "--min-tokens", "4", "--max-tokens", "64",
+              "--patch", "1", "2", "2", "--max-frames", "13", "--shard-size", "4"]
+    main([*common, "--out", str(tmp_path / "whole"), "--min-frames", "13"])
+    whole = json.loads((tmp_path / "whole/index.json").read_text())
+    assert whole["sampling"]["min_frames"] == 13
+    frames = {s["path"]: s["latent_shape"][1] for s in whole["samples"]}
+    assert sorted(frames.values()) == [3, 3, 4, 4]  # clips alternate 9 and 13 frames
