@@ -157,8 +157,9 @@ def _denoise_group(
                 ts.append(t_i)
                 es.append(uncond[i])
         preds = model.forward_samples(xs, torch.tensor(ts, device=device, dtype=torch.float32), es)
-        preds = [to_velocity(p.float(), x.float(), t_i, prediction, t_floor=1e-6)
-                 for p, x, t_i in zip(preds, xs, ts)]
+        if prediction != "velocity":
+            preds = [to_velocity(p.float(), x.float(), t_i, prediction, t_floor=1e-6)
+                     for p, x, t_i in zip(preds, xs, ts)]
         for j, (i, timestep) in enumerate(zip(active, timesteps)):
             if guided:
                 cond, unc = preds[2 * j].float(), preds[2 * j + 1].float()
