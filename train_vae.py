@@ -212,10 +212,16 @@ def main(argv=None) -> list[dict]:
     model = CausalVAE3D(cfg.model)
     if cfg.init_from:
         init = load_vae(cfg.init_from)
-        if to_dict(init.config) != to_dict(cfg.model):
+        adds_refiner = init.config.refine_channels == 0 and cfg.model.refine_channels > 0
+        mine = {**to_dict(cfg.model), **({"refine_channels": 0} if adds_refiner else {})}
+        if to_dict(init.config) != mine:
             raise ValueError(f"init_from {cfg.init_from}: its architecture {to_dict(init.config)} "
-                             f"differs from the config's model section {to_dict(cfg.model)}")
-        model.load_state_dict(init.state_dict())
+                             f"differs from the config's model section {to_dict(cfg.model)} (only a "
+                             f"refiner, model.refine_channels, may be added)")
+        missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("decoder.refine.") for k in missing):
+            raise ValueError(f"init_from {cfg.init_from}: weights do not fit (missing {missing}, "
+                             f"unexpected {unexpected})")
     if cfg.freeze_encoder:
         model.encoder.requires_grad_(False)
     model = model.to(device)

@@ -80,6 +80,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 100  # linear warm-up from 0
+    # Cosine decay of the lr from decay_start to max_steps, down to lr * min_lr_ratio (-1: constant lr).
+    # A resumed run may switch it on: the schedule is a function of the step, not of the run's history.
+    decay_start: int = -1
+    min_lr_ratio: float = 0.1
     ema_decay: float = 0.999
     token_drop: float = 0.0  # NaViT token dropping rate during training
     log_every: int = 10
@@ -100,6 +104,11 @@ class TrainConfig:
                              f"got {self.max_steps}, {self.warmup_steps}")
         if self.log_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("train.log_every and train.keep_checkpoints must be >= 1")
+        if self.decay_start >= 0 and self.decay_start >= self.max_steps:
+            raise ValueError(f"train.decay_start ({self.decay_start}) must be < max_steps ({self.max_steps}) "
+                             f"or -1 (no decay)")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
 
 @dataclass
@@ -174,11 +183,20 @@ def row_to_latents(row: list[dict], encoders, device) -> tuple[list[torch.Tensor
     return latents, [t.float() for t in texts]
 
 
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of cfg.lr at optimizer step `step` (0-based): linear warm-up, constant, then (if
+    decay_start >= 0) a cosine from 1 at decay_start to min_lr_ratio at max_steps."""
+    factor = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    if 0 <= cfg.decay_start <= step:
+        progress = min(1.0, (step - cfg.decay_start) / max(1, cfg.max_steps - cfg.decay_start))
+        factor *= cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
+
+
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
-    """AdamW + linear warm-up to cfg.lr (then constant)."""
+    """AdamW + the `lr_factor` schedule."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    warm = max(1, cfg.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     return opt, sched
 
 

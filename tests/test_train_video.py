@@ -176,3 +176,30 @@ def test_init_from_copies_weights_and_resets_head_for_a_new_parameterisation(tmp
     model, _ = load_dit(tmp_path / "x0/ema")
     assert model.config.prediction == "x0"
     assert "initialised from" in (tmp_path / "x0/train.log").read_text()
+
+
+def test_lr_factor_warmup_constant_cosine():
+    cfg = train_video.TrainConfig(max_steps=110, warmup_steps=10, decay_start=10, min_lr_ratio=0.1)
+    assert train_video.lr_factor(0, cfg) == pytest.approx(0.1)  # warm-up
+    assert train_video.lr_factor(9, cfg) == pytest.approx(1.0)
+    assert train_video.lr_factor(60, cfg) == pytest.approx(0.55)  # half-way down the cosine
+    assert train_video.lr_factor(110, cfg) == pytest.approx(0.1) == train_video.lr_factor(500, cfg)
+    flat = train_video.TrainConfig(max_steps=110, warmup_steps=10)
+    assert train_video.lr_factor(109, flat) == 1.0
+    with pytest.raises(ValueError, match="decay_start"):
+        train_video.TrainConfig(max_steps=10, decay_start=10)
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        train_video.TrainConfig(min_lr_ratio=1.5)
+
+
+def test_lr_decay_switched_on_at_resume_follows_the_step(tmp_path, assets, one_rank):
+    """A run resumed with decay_start set (it was constant before) gets the lr of its step."""
+    sched = {"train.warmup_steps": 1, "train.lr": 1e-3, "train.min_lr_ratio": 0.2}
+    run(assets, tmp_path / "r", **{"train.max_steps": 2, **sched})
+    resumed = run(assets, tmp_path / "r", **{"train.max_steps": 5, "train.decay_start": 2, **sched})
+    cfg = train_video.TrainConfig(max_steps=5, warmup_steps=1, lr=1e-3, decay_start=2, min_lr_ratio=0.2)
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5]
+    assert [m["lr"] for m in resumed[:2]] == pytest.approx([1e-3, 1e-3])
+    expected = [1e-3 * train_video.lr_factor(s, cfg) for s in (3, 4, 5)]
+    assert [m["lr"] for m in resumed[2:]] == pytest.approx(expected)
+    assert resumed[-1]["lr"] == pytest.approx(2e-4)

@@ -28,6 +28,10 @@ class VAEConfig:
     num_res_blocks: int = 1  # residual blocks per level (the decoder uses the same number)
     temporal_kernel: int = 3  # time extent of every causal conv in the residual blocks
     norm: str = "rms"  # "rms": per-position RMS norm over channels; "scale": learned per-channel scale only
+    # arch "patch" only: width of a per-frame pixel-space refiner (three 3x3 convs, residual, last conv
+    # zero-initialised) after the decoder's per-patch output; it sees across patch borders, so it can remove
+    # the block seams and sharpen edges that a per-patch projection leaves. 0 = none.
+    refine_channels: int = 0
     norm_eps: float = 1e-6
     logvar_min: float = -30.0
     logvar_max: float = 20.0
@@ -66,6 +70,9 @@ class VAEConfig:
             raise ValueError(f"num_res_blocks must be >= 0, got {self.num_res_blocks}")
         if self.norm not in ("rms", "scale"):
             raise ValueError(f"norm must be 'rms' or 'scale', got {self.norm!r}")
+        if self.refine_channels < 0 or (self.refine_channels and self.arch != "patch"):
+            raise ValueError(f"refine_channels must be >= 0, and only arch 'patch' has a refiner; got "
+                             f"{self.refine_channels} with arch {self.arch!r}")
         if self.temporal_kernel < 1:
             raise ValueError(f"temporal_kernel must be >= 1, got {self.temporal_kernel}")
         if not self.logvar_min < self.logvar_max:

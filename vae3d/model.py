@@ -162,6 +162,15 @@ class PatchDecoder(nn.Module):
         self.norm_out = ChannelRMSNorm(w, cfg.norm_eps, cfg.norm == "rms")
         self.proj_mid = nn.Conv3d(w, w, 1)
         self.proj_out = nn.Conv3d(w, cfg.in_channels * self.ts * self.ss**2, 1)
+        self.refine = None
+        if cfg.refine_channels:
+            r, c, k, pad = cfg.refine_channels, cfg.in_channels, (1, 3, 3), (0, 1, 1)  # per frame: streams
+            self.refine = nn.Sequential(
+                nn.Conv3d(c, r, k, padding=pad), nn.SiLU(), nn.Conv3d(r, r, k, padding=pad), nn.SiLU(),
+                nn.Conv3d(r, c, k, padding=pad),
+            )
+            nn.init.zeros_(self.refine[-1].weight)  # identity at first: a trained decoder keeps its output
+            nn.init.zeros_(self.refine[-1].bias)
 
     def forward(self, z: torch.Tensor, cache: dict | None = None) -> tuple[torch.Tensor, dict]:
         new: dict = {"started": True}
@@ -173,6 +182,8 @@ class PatchDecoder(nn.Module):
                       pt=self.ts, p1=self.ss, p2=self.ss)
         if cache is None:
             x = x[:, :, self.ts - 1:]
+        if self.refine is not None and x.shape[2]:
+            x = x + self.refine(x)
         return x, new
 
 
