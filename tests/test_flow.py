@@ -71,6 +71,24 @@ def test_sample_timesteps_logit_normal_and_shifted():
     assert big.mean() > small.mean() + 0.1
 
 
+def test_sample_timesteps_uniform_share_reaches_low_noise():
+    n = 20000
+    skewed = FlowConfig(logit_mean=1.0)  # shifted (1.65x at 256 tokens): low noise almost never drawn
+    base = sample_timesteps([256] * n, skewed, torch.Generator().manual_seed(0))
+    assert (base < 0.3).float().mean() < 0.02
+    off = FlowConfig(logit_mean=1.0, uniform_fraction=0.0)
+    torch.testing.assert_close(base, sample_timesteps([256] * n, off, torch.Generator().manual_seed(0)))
+    mixed = sample_timesteps([256] * n, FlowConfig(logit_mean=1.0, uniform_fraction=0.3),
+                             torch.Generator().manual_seed(0))
+    expected = 0.3 * 0.3 + 0.7 * (base < 0.3).float().mean()
+    assert (mixed < 0.3).float().mean() == pytest.approx(expected, abs=0.012)
+    flat = sample_timesteps([256] * n, FlowConfig(logit_mean=1.0, uniform_fraction=1.0),
+                            torch.Generator().manual_seed(1))
+    for q in (0.1, 0.5, 0.9):  # U(0, 1), unshifted
+        assert (flat < q).float().mean() == pytest.approx(q, abs=0.012)
+    assert 0 < flat.min() and flat.max() < 1
+
+
 def test_flow_config_validation():
     with pytest.raises(ValueError, match="max_tokens"):
         FlowConfig(base_tokens=100, max_tokens=50)
@@ -78,6 +96,8 @@ def test_flow_config_validation():
         FlowConfig(text_drop_prob=1.5)
     with pytest.raises(ValueError, match="logit_std"):
         FlowConfig(logit_std=0.0)
+    with pytest.raises(ValueError, match="uniform_fraction"):
+        FlowConfig(uniform_fraction=-0.1)
 
 
 def _clips():
