@@ -232,16 +232,18 @@ def set_rng_state(state: dict) -> None:
 
 def init_weights(model: VideoDiT, folder: str) -> None:
     """Copy a `save_dit` folder's weights into `model` (same shapes); zero the head if `prediction` differs.
-    """
+    A `token_skip` the source lacks is added (zero: the model starts as the source)."""
     from videodit.checkpoint import load_dit
 
     source, _ = load_dit(folder)
     src_state, dst_state = source.state_dict(), model.state_dict()
-    bad = [k for k in dst_state if k not in src_state or src_state[k].shape != dst_state[k].shape]
+    new = [k for k in dst_state if k.startswith("token_skip.") and k not in src_state]  # added, kept at init
+    bad = [k for k in dst_state
+           if k not in new and (k not in src_state or src_state[k].shape != dst_state[k].shape)]
     if bad:
         raise ValueError(f"train.init_from {folder!r} does not fit model: mismatched or missing {bad[:5]}"
                          f"{' ...' if len(bad) > 5 else ''}")
-    model.load_state_dict({k: v.float() for k, v in src_state.items()})
+    model.load_state_dict({k: v.float() for k, v in src_state.items()}, strict=not new)
     if source.config.prediction != model.config.prediction:
         torch.nn.init.zeros_(model.final_layer.linear.weight)
         torch.nn.init.zeros_(model.final_layer.linear.bias)

@@ -203,3 +203,21 @@ def test_lr_decay_switched_on_at_resume_follows_the_step(tmp_path, assets, one_r
     expected = [1e-3 * train_video.lr_factor(s, cfg) for s in (3, 4, 5)]
     assert [m["lr"] for m in resumed[2:]] == pytest.approx(expected)
     assert resumed[-1]["lr"] == pytest.approx(2e-4)
+
+
+def test_init_from_adds_a_token_skip_that_starts_at_zero(tmp_path):
+    from videodit.checkpoint import save_dit
+    from videodit.model import DiTConfig, VideoDiT
+
+    kw = dict(in_channels=4, hidden_size=32, depth=1, num_heads=2, prediction="x0")
+    source = VideoDiT(DiTConfig(**kw))
+    for p in source.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    save_dit(source, tmp_path / "src", {})
+    skip = VideoDiT(DiTConfig(**kw, token_skip=True))
+    train_video.init_weights(skip, str(tmp_path / "src"))
+    assert torch.all(skip.token_skip.weight == 0)
+    z, text = [torch.randn(4, 3, 4, 4)], [torch.randn(5, 384)]
+    with torch.no_grad():  # the zero skip adds nothing: same outputs as the source
+        torch.testing.assert_close(skip.forward_samples(z, torch.tensor([0.3]), text)[0],
+                                   source.forward_samples(z, torch.tensor([0.3]), text)[0])
