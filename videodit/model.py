@@ -55,7 +55,8 @@ class DiTConfig:
     # x0 head only: add c_skip(t) * W(x_t token) to the output, W a learned D_in x D_in map (zero at init),
     # c_skip(t) = (1 - t) / ((1 - t)^2 + t^2) (EDM's skip weight for unit-variance data). The fine detail
     # of a token (its low-variance principal directions, e.g. an object's corners) then need not pass the
-    # residual stream, which a model narrower than its patch cannot fit next to its own features.
+    # residual stream, which a model narrower than its patch cannot fit next to its own features. Measured
+    # (BENCHMARKS.md): it cut the low-noise x0 error in those directions, not the generated shapes.
     token_skip: bool = False
     frequency_embedding_size: int = 256  # sinusoidal timestep features before the timestep MLP
     norm_eps: float = 1e-6
