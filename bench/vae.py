@@ -8,6 +8,8 @@ level and latent channels, same input, same process) and `peak_mem_ratio_long_vs
 above the pre-encode baseline of streamed encode+decode at 129 frames over 17 frames, each case in its
 own subprocess with MALLOC_MMAP_THRESHOLD_=65536 so freed tensors leave RSS, sampled from
 /proc/self/statm every 2 ms; ru_maxrss is not used: a forked child inherits the parent's high-water mark).
+`refiner_decode_time_ratio`: decode time of the shipped (patch) architecture with its pixel refiner over
+without it, same latent.
 """
 
 from __future__ import annotations
@@ -92,6 +94,30 @@ def seam_error(size_h: int = 256, size_w: int = 384, tile: int = 128) -> dict:
             "encode_mean_abs_rel": round(((zt - z).abs().mean() / z.abs().mean()).item(), 5)}
 
 
+@torch.no_grad()
+def refiner_cost(frames: int, size_h: int, size_w: int, repeats: int = 3) -> dict:
+    """Decode time of the shipped architecture (`arch: patch`) with its pixel refiner (refine_channels 32)
+    over the same decoder without one (random init, same latent; best of `repeats`)."""
+    from vae3d.io import DEFAULT_DIR
+
+    cfg = json.loads((DEFAULT_DIR / "config.json").read_text())["config"]
+    times = {}
+    for width in (0, 32):
+        torch.manual_seed(0)
+        m = CausalVAE3D(VAEConfig(**{**cfg, "refine_channels": width})).eval()
+        z = torch.randn(1, m.latent_channels, m.num_latent_frames(frames), size_h // 8, size_w // 8)
+        m.decode(z, num_frames=frames)  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            m.decode(z, num_frames=frames)
+            best = min(best, time.perf_counter() - t0)
+        times[width] = best
+    return {"case": "refiner", "frames": frames, "size": f"{size_h}x{size_w}",
+            "decode_s_without": round(times[0], 4), "decode_s_with": round(times[32], 4),
+            "refiner_decode_time_ratio": round(times[32] / times[0], 3)}
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -150,6 +176,10 @@ def main(argv=None) -> None:
     print(json.dumps(tp), flush=True)
     seam = seam_error()
     print(json.dumps(seam), flush=True)
+    refiners = [refiner_cost(args.frames, args.size, args.size),
+                refiner_cost(args.frames, 480, 832, repeats=1)]
+    for r in refiners:
+        print(json.dumps(r), flush=True)
     short = memory_in_subprocess(17, args.mem_size, args.threads)
     print(json.dumps(short), flush=True)
     long = memory_in_subprocess(129, args.mem_size, args.threads)
@@ -160,6 +190,7 @@ def main(argv=None) -> None:
         "peak_mem_ratio_long_vs_short": round(long["peak_above_baseline_MB"]
                                               / max(short["peak_above_baseline_MB"], 1e-6), 3),
         "seam_decode_mean_abs_rel": seam["decode_mean_abs_rel"],
+        "refiner_decode_time_ratio": refiners[0]["refiner_decode_time_ratio"],
     }
     print(json.dumps(summary), flush=True)
 
