@@ -45,7 +45,7 @@ from videodit.distributed import (
     sum_over_ranks,
 )
 from videodit.ema import EMA
-from videodit.flow import FlowConfig, flow_loss
+from videodit.flow import FlowConfig, flow_loss, token_loss_map
 from videodit.model import DiTConfig, VideoDiT
 
 log = logging.getLogger("train_video")
@@ -170,6 +170,38 @@ def build_data(cfg: RunConfig, rank: int, world: int, device: torch.device):
     loader = PackedLoader(source, cfg.data.row_tokens, seed=cfg.train.seed, rank=rank, world_size=world,
                           window=cfg.data.window)
     return loader, encoders
+
+
+@torch.no_grad()
+def build_loss_map(cfg: RunConfig, source, encoders, device, max_samples: int = 256) -> torch.Tensor | None:
+    """`flow.loss_whiten` > 0: the token-space loss map from up to `max_samples` training clips, evenly
+    spaced through the data (the same on every rank and at every resume) -> (D_in, D_in); else None."""
+    if cfg.flow.loss_whiten <= 0:
+        return None
+    from videodit.patchify import spacetime_patchify
+
+    n, yielded = len(source), getattr(source, "stats", {}).get("yielded")
+    picks = sorted({int(i * n / min(n, max_samples)) for i in range(min(n, max_samples))})
+    tokens = []
+    for j in picks:
+        s = source.load(j)
+        if s is None:  # unreadable clip (raw mode): skipped and counted by the dataset
+            continue
+        if encoders is None:
+            z = s["latent"]
+        else:
+            z = encoders[0].encode(s["video"][None].to(device))[0].float().cpu()
+        tokens.append(spacetime_patchify(z, tuple(cfg.model.patch))[0])
+    if yielded is not None:
+        source.stats["yielded"] = yielded  # these reads are not training samples (bad clips stay counted)
+    if not tokens:
+        raise ValueError("flow.loss_whiten: no readable training clip to measure token statistics on")
+    tokens = torch.cat(tokens)
+    loss_map = token_loss_map(tokens, cfg.flow.loss_whiten, cfg.flow.whiten_floor)
+    w = loss_map.norm(dim=0)  # per-direction weight, ascending variance
+    log.info("token loss map from %d clips (%d tokens): direction weights %.3g (highest variance) .. %.3g",
+             len(picks), tokens.shape[0], w[-1].item(), w[0].item())
+    return loss_map.to(device)
 
 
 @torch.no_grad()
@@ -346,6 +378,7 @@ def main(argv=None) -> None:
     torch.manual_seed(cfg.train.seed)  # identical init on every rank
 
     loader, encoders = build_data(cfg, rank, world, device)
+    loss_map = build_loss_map(cfg, loader.source, encoders, device)
     model = VideoDiT(cfg.model)
     if cfg.train.init_from:
         init_weights(model, cfg.train.init_from)
@@ -370,7 +403,8 @@ def main(argv=None) -> None:
             latents, texts = row_to_latents(row, encoders, device)
             gen = step_generator(cfg.train.seed, rank, step, attempt)
             attempt += 1
-            loss, _ = flow_loss(_EngineModel(engine), latents, texts, cfg.flow, gen, cfg.train.token_drop)
+            loss, _ = flow_loss(_EngineModel(engine), latents, texts, cfg.flow, gen, cfg.train.token_drop,
+                                loss_map)
             if any_rank(not bool(torch.isfinite(loss)), device):  # all ranks skip together
                 nan_skips += 1
                 log.warning("non-finite loss at step %d (rank-local %s): row skipped, no update",

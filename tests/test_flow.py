@@ -16,6 +16,7 @@ from videodit.flow import (
     shift_timesteps,
     timestep_shift,
     to_velocity,
+    token_loss_map,
 )
 from videodit.patchify import spacetime_patchify
 
@@ -98,6 +99,10 @@ def test_flow_config_validation():
         FlowConfig(logit_std=0.0)
     with pytest.raises(ValueError, match="uniform_fraction"):
         FlowConfig(uniform_fraction=-0.1)
+    with pytest.raises(ValueError, match="loss_whiten"):
+        FlowConfig(loss_whiten=1.5)
+    with pytest.raises(ValueError, match="whiten_floor"):
+        FlowConfig(whiten_floor=0.0)
 
 
 def _clips():
@@ -231,3 +236,60 @@ def test_flow_loss_x0_head_is_zero_for_the_true_x0_and_positive_otherwise():
     wrong = [z + 0.5 for z in lat]
     loss_wrong, _ = flow_loss(X0Oracle(wrong), lat, txt, cfg, torch.Generator().manual_seed(2))
     assert loss_wrong.item() > 0.2  # 0.5^2 / t^2 with t < 1
+
+
+def _anisotropic_tokens(n=4000, d=6):
+    g = torch.Generator().manual_seed(0)
+    scales = torch.tensor([10.0, 3.0, 1.0, 0.3, 0.1, 0.03])[:d]
+    basis, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
+    return (torch.randn(n, d, generator=g) * scales) @ basis.T + 2.0, basis, scales  # mean 2, rotated
+
+
+def test_token_loss_map_power_zero_is_the_plain_loss_and_one_whitens():
+    tokens, _, scales = _anisotropic_tokens()
+    plain = token_loss_map(tokens, 0.0)
+    torch.testing.assert_close(plain @ plain.T, torch.eye(6), atol=1e-5, rtol=0)  # a rotation
+    err = torch.randn(50, 6)
+    torch.testing.assert_close((err @ plain).pow(2).sum(1), err.pow(2).sum(1), atol=1e-4, rtol=1e-4)
+    full = token_loss_map(tokens, 1.0, floor=1e-8)
+    white = (tokens - tokens.mean(0)) @ full
+    var = white.var(0)
+    assert var.max() / var.min() < 1.01, var  # every principal direction gets the same weight
+    assert full.pow(2).sum(0).mean().item() == pytest.approx(1.0, rel=1e-4)  # mean(w^2) = 1
+    half = token_loss_map(tokens, 0.5, floor=1e-8)
+    hv = ((tokens - tokens.mean(0)) @ half).var(0).sort().values
+    ratio = (hv[-1] / hv[0]).item()  # variance ratio 1e5 -> sqrt of it left
+    assert ratio == pytest.approx((scales[0] / scales[-1]).item(), rel=0.05)
+    with pytest.raises(ValueError, match="tokens"):
+        token_loss_map(torch.randn(1, 6), 0.5)
+
+
+def test_token_loss_map_floor_bounds_the_weight_of_empty_directions():
+    tokens, _, _ = _anisotropic_tokens()
+    tokens = torch.cat([tokens, torch.zeros(len(tokens), 2)], 1)  # two directions with no variance
+    w = token_loss_map(tokens, 1.0, floor=0.01).norm(dim=0)  # ascending variance
+    assert torch.isfinite(w).all()
+    assert w[0] / w[-1] < (1 / 0.01) ** 0.5 * 3  # at most about 1 / sqrt(floor * mean var / var_max)
+
+
+def test_flow_loss_with_a_loss_map_measures_the_mapped_error():
+    latents, texts = _clips()
+    cfg = FlowConfig(text_drop_prob=0.0)
+    d = 4 * 1 * 2 * 2
+    ident = flow_loss(RecordingModel(scale=0.5), latents, texts, cfg, torch.Generator().manual_seed(0),
+                      loss_map=torch.eye(d))
+    plain = flow_loss(RecordingModel(scale=0.5), latents, texts, cfg, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ident[1], plain[1])
+    scale = torch.full((d,), 1.0)
+    scale[0] = 10.0  # one direction weighted 100x in the squared error
+    model = RecordingModel(scale=0.5)
+    _, weighted = flow_loss(model, latents, texts, cfg, torch.Generator().manual_seed(0),
+                            loss_map=torch.diag(scale))
+    packed, t = model.calls[0]
+    offsets = packed.cu_seqlens.tolist()
+    for i, z in enumerate(latents):
+        x0, _ = spacetime_patchify(z, PATCH)
+        xt = packed.tokens[offsets[i] : offsets[i + 1]]
+        v = (xt - (1 - t[i]) * x0) / t[i] - x0
+        expected = ((0.5 * xt - v) * scale).pow(2).mean()
+        assert weighted[i].item() == pytest.approx(expected.item(), rel=1e-4)

@@ -221,3 +221,29 @@ def test_init_from_adds_a_token_skip_that_starts_at_zero(tmp_path):
     with torch.no_grad():  # the zero skip adds nothing: same outputs as the source
         torch.testing.assert_close(skip.forward_samples(z, torch.tensor([0.3]), text)[0],
                                    source.forward_samples(z, torch.tensor([0.3]), text)[0])
+
+
+def test_loss_whiten_weighs_the_loss_by_data_statistics(tmp_path, assets, one_rank):
+    """flow.loss_whiten: the map comes from the training clips (raw mode: VAE-encoded), the same at every
+    start; its reads are not counted as training samples; the loss differs from the plain one."""
+    from data.dataset import VideoDataset
+
+    plain = run(assets, tmp_path / "plain", **{"train.max_steps": 2})
+    weighted = run(assets, tmp_path / "w", **{"train.max_steps": 2, "flow.loss_whiten": 0.5})
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in weighted)
+    assert weighted[0]["loss"] != pytest.approx(plain[0]["loss"], rel=1e-3)
+    assert weighted[-1]["skipped_data"] == plain[-1]["skipped_data"] == 5  # each bad clip counted once
+    cfg = train_video.load_config(train_video.RunConfig, str(REPO / "configs/debug.yaml"),
+                                  [f"data.manifest={assets['manifest']}", "model.in_channels=4",
+                                   "flow.loss_whiten=1.0"])
+    from vae3d.io import load_vae
+
+    vae = load_vae(str(assets["vae"])).eval()
+    source = VideoDataset(str(assets["manifest"]), SamplingConfig(min_tokens=8, max_tokens=32, max_frames=9))
+    a = train_video.build_loss_map(cfg, source, (vae,), torch.device("cpu"))
+    b = train_video.build_loss_map(cfg, source, (vae,), torch.device("cpu"))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert a.shape == (cfg.model.patch_dim, cfg.model.patch_dim)
+    assert source.stats["yielded"] == 0
+    cfg.flow.loss_whiten = 0.0
+    assert train_video.build_loss_map(cfg, source, (vae,), torch.device("cpu")) is None

@@ -55,6 +55,13 @@ class FlowConfig:
     # almost never draws low noise (logit_mean 1, shift 1.65: t < 0.3 for ~1% of samples), where the fine
     # detail of a sample (an object's corners) is settled; this keeps that end trained.
     uniform_fraction: float = 0.0
+    # Token-space loss weighting (0 = off, the plain mean squared error). The error of each token is
+    # measured along the principal directions of the training tokens, direction k weighted by
+    # ((var_k + floor) / mean_var) ** -loss_whiten (1 = whitened, 0.5 = half way): an object's shape lives in
+    # directions holding < 3% of the variance, which the plain loss all but ignores. `token_loss_map`
+    # builds the map from data statistics; the trainer passes it to `flow_loss`.
+    loss_whiten: float = 0.0
+    whiten_floor: float = 0.01  # added to each direction's variance, as a fraction of the mean variance
 
     def __post_init__(self):
         if not self.logit_std > 0:
@@ -69,6 +76,10 @@ class FlowConfig:
             raise ValueError(f"text_drop_prob must be in [0, 1], got {self.text_drop_prob}")
         if not 0.0 <= self.uniform_fraction <= 1.0:
             raise ValueError(f"uniform_fraction must be in [0, 1], got {self.uniform_fraction}")
+        if not 0.0 <= self.loss_whiten <= 1.0:
+            raise ValueError(f"loss_whiten must be in [0, 1], got {self.loss_whiten}")
+        if not self.whiten_floor > 0:
+            raise ValueError(f"whiten_floor must be > 0, got {self.whiten_floor}")
 
 
 def shift_mu(tokens: int, cfg: FlowConfig) -> float:
@@ -146,6 +157,25 @@ def per_sample_mean(values: torch.Tensor, sample_id: torch.Tensor, num_samples: 
     return sums / counts
 
 
+def token_loss_map(tokens: torch.Tensor, power: float, floor: float = 0.01) -> torch.Tensor:
+    """Training tokens (N, D) -> map M (D, D) for the loss ||(pred - target) @ M||^2 (see FlowConfig).
+
+    M = U diag(w), U the principal directions of the tokens (columns), w_k = ((var_k + f) / m)^(-power / 2)
+    with m the mean variance and f = floor * m, scaled so that mean(w^2) = 1 (the loss keeps its scale on
+    isotropic errors). power 0 gives the identity up to rotation, i.e. the plain loss.
+    """
+    if tokens.dim() != 2 or tokens.shape[0] < 2:
+        raise ValueError(f"tokens must be (N >= 2, D), got shape {tuple(tokens.shape)}")
+    x = tokens.double()
+    cov = torch.cov(x.T)  # (D, D)
+    var, U = torch.linalg.eigh(cov)  # ascending
+    var = var.clamp(min=0)
+    m = var.mean().clamp(min=1e-12)
+    w2 = ((var + floor * m) / m).pow(-power)
+    w2 = w2 / w2.mean()
+    return (U * w2.sqrt()[None, :]).float()
+
+
 def flow_loss(
     model,
     latents: Sequence[torch.Tensor],
@@ -153,12 +183,14 @@ def flow_loss(
     cfg: FlowConfig,
     generator: torch.Generator | None = None,
     drop_rate: float = 0.0,
+    loss_map: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rectified-flow loss of `model` on clean latents [(C, T_i, H_i, W_i)] with text [(L_i, D_text)].
 
     A `cfg.text_drop_prob` fraction of samples (chosen at random) get zero-length text, so the model
     learns its null text token for classifier-free guidance. `drop_rate` is the NaViT token drop rate
     passed to `pack`; the velocity targets go through `pack_like`, so they drop the same tokens.
+    `loss_map` (D_in, D_in), from `token_loss_map`: the error is measured as (pred - target) @ loss_map.
     Random draws, in order: timesteps, text-drop mask, noise, token drop; all from `generator`.
 
     Returns (loss scalar float32, per_sample (B,) float32); loss = per_sample.mean() (see module doc).
@@ -183,6 +215,9 @@ def flow_loss(
     if prediction != "velocity":
         t_tok = t.to(pred.device)[packed.sample_id.to(pred.device)][:, None]  # (N, 1)
         pred = to_velocity(pred.float(), packed.tokens.to(pred.device).float(), t_tok, prediction)
-    err = (pred.float() - target.float()).pow(2).mean(dim=1)  # (N,)
+    diff = pred.float() - target.float()  # (N, D_in)
+    if loss_map is not None:
+        diff = diff @ loss_map.to(diff.device)
+    err = diff.pow(2).mean(dim=1)  # (N,)
     per_sample = per_sample_mean(err, packed.sample_id, packed.num_samples)  # (B,)
     return per_sample.mean(), per_sample
