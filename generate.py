@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (prompts file: seed + line index)")
     p.add_argument("--sampler", choices=SAMPLERS, help="scheduler (default: the checkpoint's, else euler)")
     p.add_argument("--ckpt", default="default", help="DiT checkpoint folder (default: the embedded model)")
+    p.add_argument("--vae", default=None,
+                   help="VAE to decode with: 'default' or a VAE folder (default: the checkpoint's own). "
+                        "It must share the checkpoint VAE's latent space, e.g. a decoder fine-tuned with "
+                        "its encoder frozen")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--out", type=Path, help="output .mp4 (or a folder with --prompts-file)")
@@ -192,6 +196,14 @@ def _check_ckpt(ckpt: str) -> None:
             raise ValueError(f"--ckpt {ckpt!r} is not a DiT checkpoint folder (no {name})")
 
 
+def _check_vae(vae: str | None) -> None:
+    if vae is None or vae == "default":
+        return
+    folder = Path(vae)
+    if not (folder / "config.json").is_file() and not (folder / "vae" / "config.json").is_file():
+        raise ValueError(f"--vae {vae!r} is not 'default' or a VAE folder with config.json")
+
+
 def validate(args: argparse.Namespace) -> list[GenRequest]:
     """All user input -> requests, or ValueError. Reads the prompts file; loads nothing heavy."""
     if args.prompt is None and args.prompts_file is None:
@@ -210,6 +222,7 @@ def validate(args: argparse.Namespace) -> list[GenRequest]:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", args.device):
         raise ValueError(f"--device {args.device!r} must be auto, cpu, cuda, cuda:N or mps")
     _check_ckpt(args.ckpt)
+    _check_vae(args.vae)
     if args.out is not None and str(args.out) == "":
         raise ValueError("--out must not be empty")
 
@@ -284,7 +297,7 @@ def build(args: argparse.Namespace):
     dtype = getattr(torch, name)
 
     dit, meta = load_dit(args.ckpt, device=device, dtype=dtype)
-    vae = load_vae(meta["vae"], device=device, dtype=dtype)
+    vae = load_vae(args.vae or meta["vae"], device=device, dtype=dtype)
     text = TextEncoder(meta["text_encoder"], device=device, dtype=dtype)
     flow_cfg = from_dict(FlowConfig, meta.get("flow") or {}, "meta.flow")
     vae_random = getattr(vae, "is_random_init", False)

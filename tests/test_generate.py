@@ -84,6 +84,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, list[str]]:
         "cfg 0": ["--prompt", "a", "--cfg", "0"],
         "sampler": ["--prompt", "a", "--sampler", "ddim"],
         "missing ckpt": ["--prompt", "a", "--ckpt", str(tmp_path / "no_ckpt")],
+        "missing vae": ["--prompt", "a", "--vae", str(tmp_path / "no_vae")],
         "unwritable out": ["--prompt", "a", "--out", str(blocker / "x.mp4")],
         "out not mp4": ["--prompt", "a", "--out", str(tmp_path / "x.avi")],
         "no prompt": [],
@@ -143,6 +144,23 @@ def test_generate_exact_size_and_frames(tiny_ckpt, tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert str(out) in stdout and "RANDOM" in stdout
     assert read_mp4(out).shape == (1, 200, 360, 3)
+
+
+def test_generate_vae_flag_decodes_with_the_named_vae(tiny_ckpt, tmp_path, capsys):
+    """--vae swaps the decoder (same latent space); naming the checkpoint's own VAE changes nothing."""
+    torch.manual_seed(1)
+    vae_cfg = VAEConfig(latent_channels=4, base_channels=8, channel_mult=(1, 1, 1), temporal_stride=4)
+    other = save_vae(CausalVAE3D(vae_cfg), tmp_path / "other_vae")
+    argv = ["--prompt", "a red ball", "--frames", "5", "--res", "32x32", "--steps", "2",
+            "--ckpt", str(tiny_ckpt)]
+    outs = {}
+    for name, extra in {"own": [], "own_named": ["--vae", str(tiny_ckpt.parent / "vae")],
+                        "other": ["--vae", str(other)]}.items():
+        assert generate.main([*argv, *extra, "--out", str(tmp_path / f"{name}.mp4")]) == 0
+        outs[name] = read_mp4(tmp_path / f"{name}.mp4").astype(int)
+    capsys.readouterr()
+    assert (outs["own"] == outs["own_named"]).all()
+    assert abs(outs["own"] - outs["other"]).mean() > 1
 
 
 def test_generate_prompts_file_packs_odd_shapes(tiny_ckpt, tmp_path, capsys, monkeypatch):
