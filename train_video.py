@@ -262,25 +262,37 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
 
 
+PATCH_TIED = ("x_embedder.", "final_layer.linear.", "token_skip.")  # shapes follow the patch size
+
+
 def init_weights(model: VideoDiT, folder: str) -> None:
     """Copy a `save_dit` folder's weights into `model` (same shapes); zero the head if `prediction` differs.
-    A `token_skip` the source lacks is added (zero: the model starts as the source)."""
+    A `token_skip` the source lacks is added (zero: the model starts as the source). A source with another
+    patch size gives the transformer body (blocks, timestep and text embedders, adaLN of the head); the patch
+    embedding and output projection, whose shapes follow the patch, keep their fresh init (output zero)."""
     from videodit.checkpoint import load_dit
 
     source, _ = load_dit(folder)
     src_state, dst_state = source.state_dict(), model.state_dict()
     new = [k for k in dst_state if k.startswith("token_skip.") and k not in src_state]  # added, kept at init
+    repatch = tuple(source.config.patch) != tuple(model.config.patch)
+    if repatch:
+        if source.config.in_channels != model.config.in_channels:
+            raise ValueError(f"train.init_from {folder!r}: in_channels {source.config.in_channels} != "
+                             f"{model.config.in_channels}; only the patch size may change")
+        new += [k for k in dst_state if k.startswith(PATCH_TIED) and k not in new]
     bad = [k for k in dst_state
            if k not in new and (k not in src_state or src_state[k].shape != dst_state[k].shape)]
     if bad:
         raise ValueError(f"train.init_from {folder!r} does not fit model: mismatched or missing {bad[:5]}"
                          f"{' ...' if len(bad) > 5 else ''}")
-    model.load_state_dict({k: v.float() for k, v in src_state.items()}, strict=not new)
+    model.load_state_dict({k: v.float() for k, v in src_state.items() if k not in new}, strict=False)
     if source.config.prediction != model.config.prediction:
         torch.nn.init.zeros_(model.final_layer.linear.weight)
         torch.nn.init.zeros_(model.final_layer.linear.bias)
-    log.info("initialised from %s (prediction %s -> %s)", folder, source.config.prediction,
-             model.config.prediction)
+    log.info("initialised from %s (prediction %s -> %s, patch %s -> %s%s)", folder, source.config.prediction,
+             model.config.prediction, tuple(source.config.patch), tuple(model.config.patch),
+             "; patch embedding and output projection fresh" if repatch else "")
 
 
 def dit_meta(cfg: RunConfig) -> dict:

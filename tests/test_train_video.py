@@ -247,3 +247,28 @@ def test_loss_whiten_weighs_the_loss_by_data_statistics(tmp_path, assets, one_ra
     assert source.stats["yielded"] == 0
     cfg.flow.loss_whiten = 0.0
     assert train_video.build_loss_map(cfg, source, (vae,), torch.device("cpu")) is None
+
+
+def test_init_from_another_patch_size_copies_the_body(tmp_path):
+    from videodit.checkpoint import save_dit
+    from videodit.model import DiTConfig, VideoDiT
+
+    kw = dict(in_channels=4, hidden_size=32, depth=1, num_heads=2, prediction="x0")
+    source = VideoDiT(DiTConfig(**kw, patch=(2, 4, 4)))
+    for p in source.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    save_dit(source, tmp_path / "src", {})
+    small = VideoDiT(DiTConfig(**kw, patch=(1, 2, 2), token_skip=True))
+    fresh = {k: v.clone() for k, v in small.state_dict().items()}
+    train_video.init_weights(small, str(tmp_path / "src"))
+    src = source.state_dict()
+    for k, v in small.state_dict().items():  # the body copied; what follows the patch keeps its fresh init
+        torch.testing.assert_close(v, fresh[k] if k.startswith(train_video.PATCH_TIED) else src[k],
+                                   rtol=0, atol=0)
+    assert torch.all(small.final_layer.linear.weight == 0) and torch.all(small.token_skip.weight == 0)
+    with torch.no_grad():  # the zero head: a fresh output of 0 on the new tokens
+        out = small.forward_samples([torch.randn(4, 3, 4, 4)], torch.tensor([0.3]), [torch.randn(5, 384)])[0]
+    assert torch.all(out == 0)
+    other = VideoDiT(DiTConfig(**{**kw, "in_channels": 8}, patch=(1, 2, 2)))
+    with pytest.raises(ValueError, match="in_channels"):
+        train_video.init_weights(other, str(tmp_path / "src"))
