@@ -283,9 +283,10 @@ def init_weights(model: VideoDiT, folder: str) -> None:
         new += [k for k in dst_state if k.startswith(PATCH_TIED) and k not in new]
     bad = [k for k in dst_state
            if k not in new and (k not in src_state or src_state[k].shape != dst_state[k].shape)]
+    bad += [k for k in src_state if k not in dst_state]  # e.g. a token_skip the model would silently lose
     if bad:
-        raise ValueError(f"train.init_from {folder!r} does not fit model: mismatched or missing {bad[:5]}"
-                         f"{' ...' if len(bad) > 5 else ''}")
+        raise ValueError(f"train.init_from {folder!r} does not fit model: mismatched, missing or extra "
+                         f"{bad[:5]}{' ...' if len(bad) > 5 else ''}")
     model.load_state_dict({k: v.float() for k, v in src_state.items() if k not in new}, strict=False)
     if source.config.prediction != model.config.prediction:
         torch.nn.init.zeros_(model.final_layer.linear.weight)

@@ -269,6 +269,9 @@ def test_init_from_another_patch_size_copies_the_body(tmp_path):
     with torch.no_grad():  # the zero head: a fresh output of 0 on the new tokens
         out = small.forward_samples([torch.randn(4, 3, 4, 4)], torch.tensor([0.3]), [torch.randn(5, 384)])[0]
     assert torch.all(out == 0)
+    save_dit(small, tmp_path / "skip", {})
+    with pytest.raises(ValueError, match="token_skip"):  # the source's skip would be silently dropped
+        train_video.init_weights(VideoDiT(DiTConfig(**kw, patch=(1, 2, 2))), str(tmp_path / "skip"))
     other = VideoDiT(DiTConfig(**{**kw, "in_channels": 8}, patch=(1, 2, 2)))
     with pytest.raises(ValueError, match="in_channels"):
         train_video.init_weights(other, str(tmp_path / "src"))

@@ -59,7 +59,8 @@ class FlowConfig:
     # measured along the principal directions of the training tokens, direction k weighted by
     # ((var_k + floor) / mean_var) ** -loss_whiten (1 = whitened, 0.5 = half way): an object's shape lives in
     # directions holding < 3% of the variance, which the plain loss all but ignores. `token_loss_map`
-    # builds the map from data statistics; the trainer passes it to `flow_loss`.
+    # builds the map from data statistics; the trainer passes it to `flow_loss`. Measured on the default
+    # (BENCHMARKS.md): 0.5 for 4000 steps left shape where it was; 1.0 lost colour and motion within 2000.
     loss_whiten: float = 0.0
     whiten_floor: float = 0.01  # added to each direction's variance, as a fraction of the mean variance
 
