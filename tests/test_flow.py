@@ -269,7 +269,11 @@ def test_token_loss_map_floor_bounds_the_weight_of_empty_directions():
     tokens = torch.cat([tokens, torch.zeros(len(tokens), 2)], 1)  # two directions with no variance
     w = token_loss_map(tokens, 1.0, floor=0.01).norm(dim=0)  # ascending variance
     assert torch.isfinite(w).all()
-    assert w[0] / w[-1] < (1 / 0.01) ** 0.5 * 3  # at most about 1 / sqrt(floor * mean var / var_max)
+    var = torch.linalg.eigvalsh(torch.cov(tokens.double().T)).clamp(min=0)  # ascending
+    f = 0.01 * var.mean()  # an empty direction weighs as if it had this variance, not infinitely
+    expected = ((var[-1] + f) / (var[0] + f)).sqrt().item()
+    assert (w[0] / w[-1]).item() == pytest.approx(expected, rel=1e-3)
+    assert expected < (var[-1] / f).sqrt().item() * 1.01  # bounded by the floor
 
 
 def test_flow_loss_with_a_loss_map_measures_the_mapped_error():
