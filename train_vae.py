@@ -212,14 +212,17 @@ def main(argv=None) -> list[dict]:
     model = CausalVAE3D(cfg.model)
     if cfg.init_from:
         init = load_vae(cfg.init_from)
-        adds_refiner = init.config.refine_channels == 0 and cfg.model.refine_channels > 0
-        mine = {**to_dict(cfg.model), **({"refine_channels": 0} if adds_refiner else {})}
+        mine = to_dict(cfg.model)
+        if init.config.refine_channels == 0 and cfg.model.refine_channels > 0:  # adds a refiner
+            mine.update(refine_channels=0, refine_stages=init.config.refine_stages)
+        elif init.config.refine_stages < cfg.model.refine_stages:  # adds stages after the trained ones
+            mine.update(refine_stages=init.config.refine_stages)
         if to_dict(init.config) != mine:
             raise ValueError(f"init_from {cfg.init_from}: its architecture {to_dict(init.config)} "
                              f"differs from the config's model section {to_dict(cfg.model)} (only a "
-                             f"refiner, model.refine_channels, may be added)")
+                             f"refiner, model.refine_channels, or more refiner stages may be added)")
         missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
-        if unexpected or any(not k.startswith("decoder.refine.") for k in missing):
+        if unexpected or any(not k.startswith(("decoder.refine.", "decoder.refine_more.")) for k in missing):
             raise ValueError(f"init_from {cfg.init_from}: weights do not fit (missing {missing}, "
                              f"unexpected {unexpected})")
     if cfg.freeze_encoder:

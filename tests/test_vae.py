@@ -115,6 +115,25 @@ def _with_live_refiner(m: CausalVAE3D) -> CausalVAE3D:
     return m
 
 
+def test_added_refiner_stages_start_as_identity_then_stream_exactly():
+    torch.manual_seed(0)
+    one = _with_live_refiner(tiny(arch="patch", refine_channels=4))
+    three = tiny(arch="patch", refine_channels=4, refine_stages=3)
+    missing, unexpected = three.load_state_dict(one.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("decoder.refine_more.") for k in missing)
+    assert len(three.decoder.refine_more) == 2
+    v = video(9, 48, 64)
+    with torch.no_grad():
+        z = one.encode(v)
+        torch.testing.assert_close(three.decode(z), one.decode(z), atol=0, rtol=0)
+        torch.nn.init.normal_(three.decoder.refine_more[1][-1].weight, std=0.1)
+        x = three.decode(z, num_frames=9)
+        assert (x - one.decode(z, num_frames=9)).abs().max() > 1e-3
+        for chunk in (1, 4):
+            streamed = three.decode(z, num_frames=9, chunk_frames=chunk)
+            torch.testing.assert_close(streamed, x, atol=1e-5, rtol=0)
+
+
 def test_refiner_starts_as_identity_then_streams_and_tiles_exactly():
     torch.manual_seed(0)
     plain = tiny(arch="patch")
@@ -194,6 +213,7 @@ def test_bad_latent_input():
         ({"norm": "group"}, "norm must be 'rms' or 'scale'"),
         ({"arch": "unet"}, "arch must be 'conv' or 'patch'"),
         ({"refine_channels": 8}, "only arch 'patch' has a refiner"),
+        ({"arch": "patch", "refine_channels": 8, "refine_stages": 0}, "refine_stages must be >= 1"),
     ],
 )
 def test_bad_config(kw, match):

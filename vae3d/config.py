@@ -32,6 +32,9 @@ class VAEConfig:
     # zero-initialised) after the decoder's per-patch output; it sees across patch borders, so it can remove
     # the block seams and sharpen edges that a per-patch projection leaves. 0 = none.
     refine_channels: int = 0
+    # residual refiner stages in a row, each the three-conv block above (widens its reach by 6 px a stage).
+    # Stages past the first start as identity, so a decoder fine-tune can add them to a trained refiner.
+    refine_stages: int = 1
     norm_eps: float = 1e-6
     logvar_min: float = -30.0
     logvar_max: float = 20.0
@@ -73,6 +76,8 @@ class VAEConfig:
         if self.refine_channels < 0 or (self.refine_channels and self.arch != "patch"):
             raise ValueError(f"refine_channels must be >= 0, and only arch 'patch' has a refiner; got "
                              f"{self.refine_channels} with arch {self.arch!r}")
+        if self.refine_stages < 1:
+            raise ValueError(f"refine_stages must be >= 1, got {self.refine_stages}")
         if self.temporal_kernel < 1:
             raise ValueError(f"temporal_kernel must be >= 1, got {self.temporal_kernel}")
         if not self.logvar_min < self.logvar_max:

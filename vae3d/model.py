@@ -163,14 +163,22 @@ class PatchDecoder(nn.Module):
         self.proj_mid = nn.Conv3d(w, w, 1)
         self.proj_out = nn.Conv3d(w, cfg.in_channels * self.ts * self.ss**2, 1)
         self.refine = None
+        self.refine_more = nn.ModuleList()  # stages 2.. (stage 1 keeps the name "refine" of older weights)
         if cfg.refine_channels:
-            r, c, k, pad = cfg.refine_channels, cfg.in_channels, (1, 3, 3), (0, 1, 1)  # per frame: streams
-            self.refine = nn.Sequential(
-                nn.Conv3d(c, r, k, padding=pad), nn.SiLU(), nn.Conv3d(r, r, k, padding=pad), nn.SiLU(),
-                nn.Conv3d(r, c, k, padding=pad),
-            )
-            nn.init.zeros_(self.refine[-1].weight)  # identity at first: a trained decoder keeps its output
-            nn.init.zeros_(self.refine[-1].bias)
+            self.refine = self._refiner(cfg.refine_channels, cfg.in_channels)
+            self.refine_more.extend(self._refiner(cfg.refine_channels, cfg.in_channels)
+                                    for _ in range(cfg.refine_stages - 1))
+
+    @staticmethod
+    def _refiner(r: int, c: int) -> nn.Sequential:
+        k, pad = (1, 3, 3), (0, 1, 1)  # per frame: streams
+        stage = nn.Sequential(
+            nn.Conv3d(c, r, k, padding=pad), nn.SiLU(), nn.Conv3d(r, r, k, padding=pad), nn.SiLU(),
+            nn.Conv3d(r, c, k, padding=pad),
+        )
+        nn.init.zeros_(stage[-1].weight)  # identity at first: a trained decoder keeps its output
+        nn.init.zeros_(stage[-1].bias)
+        return stage
 
     def forward(self, z: torch.Tensor, cache: dict | None = None) -> tuple[torch.Tensor, dict]:
         new: dict = {"started": True}
@@ -184,6 +192,8 @@ class PatchDecoder(nn.Module):
             x = x[:, :, self.ts - 1:]
         if self.refine is not None and x.shape[2]:
             x = x + self.refine(x)
+            for stage in self.refine_more:
+                x = x + stage(x)
         return x, new
 
 
