@@ -212,17 +212,20 @@ def main(argv=None) -> list[dict]:
     model = CausalVAE3D(cfg.model)
     if cfg.init_from:
         init = load_vae(cfg.init_from)
-        mine = to_dict(cfg.model)
-        if init.config.refine_channels == 0 and cfg.model.refine_channels > 0:  # adds a refiner
+        mine = to_dict(cfg.model)  # what init must match, after the parts a decoder fine-tune may add:
+        if init.config.refine_channels == 0 and cfg.model.refine_channels > 0:  # a refiner
             mine.update(refine_channels=0, refine_stages=init.config.refine_stages)
-        elif init.config.refine_stages < cfg.model.refine_stages:  # adds stages after the trained ones
+        elif init.config.refine_stages < cfg.model.refine_stages:  # refiner stages after the trained ones
             mine.update(refine_stages=init.config.refine_stages)
+        if init.config.head_channels == 0:  # an output branch
+            mine.update(head_channels=0)
         if to_dict(init.config) != mine:
             raise ValueError(f"init_from {cfg.init_from}: its architecture {to_dict(init.config)} "
-                             f"differs from the config's model section {to_dict(cfg.model)} (only a "
-                             f"refiner, model.refine_channels, or more refiner stages may be added)")
+                             f"differs from the config's model section {to_dict(cfg.model)} (a decoder "
+                             f"fine-tune may only add a refiner, refiner stages or an output branch)")
         missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
-        if unexpected or any(not k.startswith(("decoder.refine.", "decoder.refine_more.")) for k in missing):
+        addable = ("decoder.refine.", "decoder.refine_more.", "decoder.head.")
+        if unexpected or any(not k.startswith(addable) for k in missing):
             raise ValueError(f"init_from {cfg.init_from}: weights do not fit (missing {missing}, "
                              f"unexpected {unexpected})")
     if cfg.freeze_encoder:

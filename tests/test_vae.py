@@ -134,6 +134,22 @@ def test_added_refiner_stages_start_as_identity_then_stream_exactly():
             torch.testing.assert_close(streamed, x, atol=1e-5, rtol=0)
 
 
+def test_output_branch_starts_at_zero_then_changes_the_decode():
+    torch.manual_seed(0)
+    plain = tiny(arch="patch")
+    wide = tiny(arch="patch", head_channels=16)
+    missing, unexpected = wide.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("decoder.head.") for k in missing)
+    v = video(9, 48, 64)
+    with torch.no_grad():
+        z = plain.encode(v)
+        torch.testing.assert_close(wide.decode(z), plain.decode(z), atol=0, rtol=0)
+        torch.nn.init.normal_(wide.decoder.head[-1].weight, std=0.1)
+        x = wide.decode(z, num_frames=9)
+        assert (x - plain.decode(z, num_frames=9)).abs().max() > 1e-3
+        torch.testing.assert_close(wide.decode(z, num_frames=9, chunk_frames=4), x, atol=1e-5, rtol=0)
+
+
 def test_refiner_starts_as_identity_then_streams_and_tiles_exactly():
     torch.manual_seed(0)
     plain = tiny(arch="patch")
@@ -214,6 +230,7 @@ def test_bad_latent_input():
         ({"arch": "unet"}, "arch must be 'conv' or 'patch'"),
         ({"refine_channels": 8}, "only arch 'patch' has a refiner"),
         ({"arch": "patch", "refine_channels": 8, "refine_stages": 0}, "refine_stages must be >= 1"),
+        ({"head_channels": 8}, "only arch 'patch' has the branch"),
     ],
 )
 def test_bad_config(kw, match):

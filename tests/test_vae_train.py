@@ -75,18 +75,21 @@ def test_decoder_finetune_can_add_a_refiner(tmp_path):
         run(tmp_path / "c", *patch, "steps=1", f"init_from={tmp_path / 'ft' / 'final'}")
 
 
-def test_decoder_finetune_can_add_refiner_stages(tmp_path):
+def test_decoder_finetune_can_add_refiner_stages_and_an_output_branch(tmp_path):
     patch = ["model.arch=patch", "model.spatial_stride=8", "model.refine_channels=4"]
     run(tmp_path / "base", *patch, "steps=1", "save_every=0", "stats_clips=0")
     base = load_vae(tmp_path / "base" / "final")
-    run(tmp_path / "ft", *patch, "model.refine_stages=2", "steps=3", "save_every=0", "freeze_encoder=true",
-        f"init_from={tmp_path / 'base' / 'final'}")
+    run(tmp_path / "ft", *patch, "model.refine_stages=2", "model.head_channels=8", "steps=3", "save_every=0",
+        "freeze_encoder=true", f"init_from={tmp_path / 'base' / 'final'}")
     tuned = load_vae(tmp_path / "ft" / "final")
     assert tuned.config.refine_stages == 2 and tuned.decoder.refine_more[0][-1].weight.abs().max() > 0
+    assert tuned.config.head_channels == 8 and tuned.decoder.head[-1].weight.abs().max() > 0
     for (name, a), b in zip(base.encoder.state_dict().items(), tuned.encoder.state_dict().values()):
         assert torch.equal(a, b), name
-    with pytest.raises(ValueError, match="differs from the config's model"):  # stages are never dropped
-        run(tmp_path / "c", *patch, "steps=1", f"init_from={tmp_path / 'ft' / 'final'}")
+    for drop in ("model.refine_stages=1", "model.head_channels=0"):  # added parts are never dropped
+        with pytest.raises(ValueError, match="differs from the config's model"):
+            run(tmp_path / "c", *patch, "model.refine_stages=2", "model.head_channels=8", drop, "steps=1",
+                f"init_from={tmp_path / 'ft' / 'final'}")
 
 
 def test_freeze_encoder_needs_init_and_init_must_match(tmp_path):

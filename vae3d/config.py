@@ -35,6 +35,11 @@ class VAEConfig:
     # residual refiner stages in a row, each the three-conv block above (widens its reach by 6 px a stage).
     # Stages past the first start as identity, so a decoder fine-tune can add them to a trained refiner.
     refine_stages: int = 1
+    # arch "patch" only: width of a second per-patch output branch (1x1 conv, SiLU, 1x1 conv; the last
+    # zero-initialised) added to the decoder's output projection. The projection writes a whole
+    # (ts, ss, ss) patch as a linear map of base_channels features, too few for an edge that moves inside the
+    # patch (moving squares come back with round corners); the branch adds that many more. 0 = none.
+    head_channels: int = 0
     norm_eps: float = 1e-6
     logvar_min: float = -30.0
     logvar_max: float = 20.0
@@ -76,6 +81,9 @@ class VAEConfig:
         if self.refine_channels < 0 or (self.refine_channels and self.arch != "patch"):
             raise ValueError(f"refine_channels must be >= 0, and only arch 'patch' has a refiner; got "
                              f"{self.refine_channels} with arch {self.arch!r}")
+        if self.head_channels < 0 or (self.head_channels and self.arch != "patch"):
+            raise ValueError(f"head_channels must be >= 0, and only arch 'patch' has the branch; got "
+                             f"{self.head_channels} with arch {self.arch!r}")
         if self.refine_stages < 1:
             raise ValueError(f"refine_stages must be >= 1, got {self.refine_stages}")
         if self.temporal_kernel < 1:

@@ -162,6 +162,12 @@ class PatchDecoder(nn.Module):
         self.norm_out = ChannelRMSNorm(w, cfg.norm_eps, cfg.norm == "rms")
         self.proj_mid = nn.Conv3d(w, w, 1)
         self.proj_out = nn.Conv3d(w, cfg.in_channels * self.ts * self.ss**2, 1)
+        self.head = None
+        if cfg.head_channels:
+            self.head = nn.Sequential(nn.Conv3d(w, cfg.head_channels, 1), nn.SiLU(),
+                                      nn.Conv3d(cfg.head_channels, self.proj_out.out_channels, 1))
+            nn.init.zeros_(self.head[-1].weight)  # adds nothing at first: a trained decoder keeps its output
+            nn.init.zeros_(self.head[-1].bias)
         self.refine = None
         self.refine_more = nn.ModuleList()  # stages 2.. (stage 1 keeps the name "refine" of older weights)
         if cfg.refine_channels:
@@ -185,7 +191,10 @@ class PatchDecoder(nn.Module):
         x = self.conv_in(z)
         for i, block in enumerate(self.blocks):
             x, new[f"res{i}"] = block(x, (cache or {}).get(f"res{i}"))
-        x = self.proj_out(F.silu(self.proj_mid(F.silu(self.norm_out(x)))))
+        h = F.silu(self.norm_out(x))
+        x = self.proj_out(F.silu(self.proj_mid(h)))
+        if self.head is not None:
+            x = x + self.head(h)
         x = rearrange(x, "b (c pt p1 p2) t h w -> b c (t pt) (h p1) (w p2)",
                       pt=self.ts, p1=self.ss, p2=self.ss)
         if cache is None:
