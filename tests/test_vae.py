@@ -230,6 +230,7 @@ def test_bad_latent_input():
         ({"arch": "unet"}, "arch must be 'conv' or 'patch'"),
         ({"refine_channels": 8}, "only arch 'patch' has a refiner"),
         ({"arch": "patch", "refine_channels": 8, "refine_stages": 0}, "refine_stages must be >= 1"),
+        ({"arch": "patch", "refine_stages": 2}, "only with a refiner"),
         ({"head_channels": 8}, "only arch 'patch' has the branch"),
     ],
 )

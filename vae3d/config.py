@@ -32,13 +32,14 @@ class VAEConfig:
     # zero-initialised) after the decoder's per-patch output; it sees across patch borders, so it can remove
     # the block seams and sharpen edges that a per-patch projection leaves. 0 = none.
     refine_channels: int = 0
-    # residual refiner stages in a row, each the three-conv block above (widens its reach by 6 px a stage).
-    # Stages past the first start as identity, so a decoder fine-tune can add them to a trained refiner.
+    # residual refiner stages in a row, each the three-conv block above (3 px more reach on each side a
+    # stage). Stages past the first start as identity, so a decoder fine-tune can add them to a trained
+    # refiner. Needs refine_channels > 0.
     refine_stages: int = 1
     # arch "patch" only: width of a second per-patch output branch (1x1 conv, SiLU, 1x1 conv; the last
-    # zero-initialised) added to the decoder's output projection. The projection writes a whole
-    # (ts, ss, ss) patch as a linear map of base_channels features, too few for an edge that moves inside the
-    # patch (moving squares come back with round corners); the branch adds that many more. 0 = none.
+    # zero-initialised) added to the decoder's output projection, which writes a whole (ts, ss, ss) patch as
+    # a linear map of base_channels features. 0 = none. Measured: a 1024-wide branch fine-tuned 1000 steps
+    # did not sharpen moving squares (BENCHMARKS.md, bench/vae_shape.py).
     head_channels: int = 0
     norm_eps: float = 1e-6
     logvar_min: float = -30.0
@@ -84,8 +85,9 @@ class VAEConfig:
         if self.head_channels < 0 or (self.head_channels and self.arch != "patch"):
             raise ValueError(f"head_channels must be >= 0, and only arch 'patch' has the branch; got "
                              f"{self.head_channels} with arch {self.arch!r}")
-        if self.refine_stages < 1:
-            raise ValueError(f"refine_stages must be >= 1, got {self.refine_stages}")
+        if self.refine_stages < 1 or (self.refine_stages > 1 and not self.refine_channels):
+            raise ValueError(f"refine_stages must be >= 1, and > 1 only with a refiner (refine_channels > 0);"
+                             f" got {self.refine_stages} with refine_channels {self.refine_channels}")
         if self.temporal_kernel < 1:
             raise ValueError(f"temporal_kernel must be >= 1, got {self.temporal_kernel}")
         if not self.logvar_min < self.logvar_max:
