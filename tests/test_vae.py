@@ -110,62 +110,43 @@ def test_patch_arch_tiling_is_exact():
         torch.testing.assert_close(m.decode(z, tile=128), m.decode(z, tile=0), atol=1e-5, rtol=0)
 
 
-def _with_live_refiner(m: CausalVAE3D) -> CausalVAE3D:
-    torch.nn.init.normal_(m.decoder.refine[-1].weight, std=0.1)  # zero-initialised: make it do something
-    return m
+def _check_added_decoder_part(base: CausalVAE3D, grown: CausalVAE3D, prefix: str, last: torch.nn.Conv3d):
+    """`grown` = `base` + a decoder part whose weights start with `prefix` and end in the zero-initialised
+    conv `last`: it loads base's weights, decodes exactly as base, and once `last` is live it changes the
+    decode and still streams exactly (per-frame / per-patch parts: chunking changes nothing)."""
+    missing, unexpected = grown.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith(prefix) for k in missing)
+    with torch.no_grad():
+        z = base.encode(video(9, 48, 64))
+        torch.testing.assert_close(grown.decode(z), base.decode(z), atol=0, rtol=0)
+        torch.nn.init.normal_(last.weight, std=0.1)
+        x = grown.decode(z, num_frames=9)
+        assert (x - base.decode(z, num_frames=9)).abs().max() > 1e-3
+        for chunk in (1, 4, 5):
+            streamed = grown.decode(z, num_frames=9, chunk_frames=chunk)
+            torch.testing.assert_close(streamed, x, atol=1e-5, rtol=0)
 
 
 def test_added_refiner_stages_start_as_identity_then_stream_exactly():
     torch.manual_seed(0)
-    one = _with_live_refiner(tiny(arch="patch", refine_channels=4))
+    one = tiny(arch="patch", refine_channels=4)
+    torch.nn.init.normal_(one.decoder.refine[-1].weight, std=0.1)  # a trained (non-identity) first stage
     three = tiny(arch="patch", refine_channels=4, refine_stages=3)
-    missing, unexpected = three.load_state_dict(one.state_dict(), strict=False)
-    assert not unexpected and missing and all(k.startswith("decoder.refine_more.") for k in missing)
     assert len(three.decoder.refine_more) == 2
-    v = video(9, 48, 64)
-    with torch.no_grad():
-        z = one.encode(v)
-        torch.testing.assert_close(three.decode(z), one.decode(z), atol=0, rtol=0)
-        torch.nn.init.normal_(three.decoder.refine_more[1][-1].weight, std=0.1)
-        x = three.decode(z, num_frames=9)
-        assert (x - one.decode(z, num_frames=9)).abs().max() > 1e-3
-        for chunk in (1, 4):
-            streamed = three.decode(z, num_frames=9, chunk_frames=chunk)
-            torch.testing.assert_close(streamed, x, atol=1e-5, rtol=0)
+    _check_added_decoder_part(one, three, "decoder.refine_more.", three.decoder.refine_more[1][-1])
 
 
 def test_output_branch_starts_at_zero_then_changes_the_decode():
     torch.manual_seed(0)
-    plain = tiny(arch="patch")
     wide = tiny(arch="patch", head_channels=16)
-    missing, unexpected = wide.load_state_dict(plain.state_dict(), strict=False)
-    assert not unexpected and missing and all(k.startswith("decoder.head.") for k in missing)
-    v = video(9, 48, 64)
-    with torch.no_grad():
-        z = plain.encode(v)
-        torch.testing.assert_close(wide.decode(z), plain.decode(z), atol=0, rtol=0)
-        torch.nn.init.normal_(wide.decoder.head[-1].weight, std=0.1)
-        x = wide.decode(z, num_frames=9)
-        assert (x - plain.decode(z, num_frames=9)).abs().max() > 1e-3
-        torch.testing.assert_close(wide.decode(z, num_frames=9, chunk_frames=4), x, atol=1e-5, rtol=0)
+    _check_added_decoder_part(tiny(arch="patch"), wide, "decoder.head.", wide.decoder.head[-1])
 
 
 def test_refiner_starts_as_identity_then_streams_and_tiles_exactly():
     torch.manual_seed(0)
-    plain = tiny(arch="patch")
     refined = tiny(arch="patch", refine_channels=4)
-    missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
-    assert not unexpected and missing and all(k.startswith("decoder.refine.") for k in missing)
-    v = video(9, 48, 64)
+    _check_added_decoder_part(tiny(arch="patch"), refined, "decoder.refine.", refined.decoder.refine[-1])
     with torch.no_grad():
-        z = plain.encode(v)
-        torch.testing.assert_close(refined.decode(z), plain.decode(z), atol=0, rtol=0)  # zero last conv
-        _with_live_refiner(refined)
-        x = refined.decode(z, num_frames=9)
-        assert (x - plain.decode(z, num_frames=9)).abs().max() > 1e-3
-        for chunk in (1, 4, 5):  # per-frame convs: chunking the stream changes nothing
-            streamed = refined.decode(z, num_frames=9, chunk_frames=chunk)
-            torch.testing.assert_close(streamed, x, atol=1e-5, rtol=0)
         # Decoder (2 latents = 16 px) + refiner (3 px) reach 3 px past the zero-weight quarter of the 64 px
         # overlap, where the blend ramp is < 0.1: tiles agree closely, not to rounding.
         big = refined.encode(video(5, 192, 256), tile=0)
