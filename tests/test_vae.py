@@ -227,3 +227,18 @@ def test_scale_norm_keeps_brightness_that_rms_norm_discards():
     x = torch.ones(1, 4, 1, 2, 2)
     torch.testing.assert_close(ChannelRMSNorm(4)(x), ChannelRMSNorm(4)(3 * x))  # rms: magnitude gone
     assert torch.equal(ChannelRMSNorm(4, normalize=False)(3 * x), 3 * x)
+
+
+def test_generator_gan_term_trains_the_autoencoder_not_the_discriminator():
+    from vae3d.losses import PatchDiscriminator3D, VAELossConfig, vae_loss
+
+    torch.manual_seed(0)
+    disc = PatchDiscriminator3D(4, 2)
+    video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    recon = (video + 0.1 * torch.randn_like(video)).requires_grad_(True)
+    mean, logvar = torch.zeros(1, 4, 2, 2, 2), torch.zeros(1, 4, 2, 2, 2)
+    loss, logs = vae_loss(recon, video, mean, logvar, VAELossConfig(gan_weight=1.0, gan_start=0), disc)
+    loss.backward()
+    assert "gan_g" in logs and recon.grad is not None and recon.grad.abs().sum() > 0
+    assert all(p.grad is None for p in disc.parameters())  # the generator term left the discriminator alone
+    assert all(p.requires_grad for p in disc.parameters())  # and it still trains on its own loss

@@ -111,7 +111,16 @@ def vae_loss(recon: torch.Tensor, video: torch.Tensor, mean: torch.Tensor, logva
         loss = loss + cfg.mse_weight * mse
         logs["mse"] = mse.item()
     if disc is not None:
-        g = -disc(recon).mean()
+        # The generator term trains the autoencoder only: with the discriminator's parameters frozen for this
+        # forward, backward leaves their .grad alone (else it would push the discriminator towards calling
+        # reconstructions real, on top of its own hinge loss).
+        flags = [p.requires_grad for p in disc.parameters()]
+        disc.requires_grad_(False)
+        try:
+            g = -disc(recon).mean()
+        finally:
+            for p, flag in zip(disc.parameters(), flags):
+                p.requires_grad_(flag)
         loss = loss + cfg.gan_weight * g
         logs["gan_g"] = g.item()
     logs["loss"] = loss.item()
