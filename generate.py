@@ -317,6 +317,25 @@ def build(args: argparse.Namespace):
     return dit, meta, vae, text, flow_cfg, device, dtype
 
 
+def extent_notes(requests: list[GenRequest], meta: dict, vae) -> list[str]:
+    """One line per request whose latent is larger, on some axis, than any the checkpoint was trained on."""
+    trained = meta.get("trained_latent_max")
+    if not trained:
+        return []
+    notes = []
+    for r in requests:
+        size = latent_shape(r.frames, r.height, r.width, vae.temporal_stride, vae.spatial_stride)
+        axes = zip(("frames", "height", "width"), size, trained)
+        over = [f"{axis} {got} > {most}" for axis, got, most in axes if got > most]
+        if over:
+            notes.append(
+                f"note: {r.out}: latent {'x'.join(map(str, size))} is beyond what this checkpoint was "
+                f"trained on ({', '.join(over)} latent cells); results there are unmeasured (the embedded "
+                f"default, asked for twice its trained size, draws objects as token-sized fragments)"
+            )
+    return notes
+
+
 def denoise(requests: list[GenRequest], args, dit, vae, text, flow_cfg, device, dtype):
     """Encode the prompts, pack all requests into shared denoising passes -> list of latents (C, T, h, w)."""
     from videodit.sampling import Request, sample
@@ -365,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         dit, meta, vae, text, flow_cfg, device, dtype = build(args)
+        for note in extent_notes(requests, meta, vae):
+            print(note)
         latents = denoise(requests, args, dit, vae, text, flow_cfg, device, dtype)
         for request, latent in zip(requests, latents):
             n = decode_to_mp4(latent, request, vae, args.fps)

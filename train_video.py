@@ -119,6 +119,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
+    def __post_init__(self):
+        if self.flow.pixel_weight > 0 and self.train.token_drop > 0:
+            raise ValueError("flow.pixel_weight > 0 needs train.token_drop 0 (a dropped token has no x0 "
+                             f"prediction to decode), got token_drop {self.train.token_drop}")
+
 
 # ------------------------------------------------------------------ pieces of main
 
@@ -173,6 +178,20 @@ def build_data(cfg: RunConfig, rank: int, world: int, device: torch.device):
 
 
 @torch.no_grad()
+def build_pixel_decoder(cfg: RunConfig, device):
+    """`flow.pixel_weight` > 0: the frozen decoder of the run's VAE (the cache's, else data.vae), without its
+    pixel refiner (`decode_coarse`), for flow_loss's pixel term; else None."""
+    if cfg.flow.pixel_weight <= 0:
+        return None
+    from vae3d.io import load_vae
+
+    name = cfg.data.vae
+    if cfg.data.cache:
+        name = json.loads((Path(cfg.data.cache) / "index.json").read_text())["vae"]
+    vae = load_vae(name, device=device).eval().requires_grad_(False)
+    return vae.decode_coarse
+
+
 def build_loss_map(cfg: RunConfig, source, encoders, device, max_samples: int = 256) -> torch.Tensor | None:
     """`flow.loss_whiten` > 0: the token-space loss map from up to `max_samples` training clips, evenly
     spaced through the data (the same on every rank and at every resume) -> (D_in, D_in); else None."""
@@ -298,10 +317,14 @@ def init_weights(model: VideoDiT, folder: str) -> None:
 
 def dit_meta(cfg: RunConfig) -> dict:
     vae, te = cfg.data.vae, cfg.data.text_encoder
+    meta = {"flow": to_dict(cfg.flow), "random_init": False}
     if cfg.data.cache:
         index = json.loads((Path(cfg.data.cache) / "index.json").read_text())
         vae, te = index["vae"], index["text_encoder"]
-    return {"vae": vae, "text_encoder": te, "flow": to_dict(cfg.flow), "random_init": False}
+        shapes = [s["latent_shape"] for s in index["samples"]]
+        if shapes:  # the largest latent (T, h, w) trained on, per axis: generate.py notes requests beyond it
+            meta["trained_latent_max"] = [max(s[k] for s in shapes) for k in (1, 2, 3)]
+    return {"vae": vae, "text_encoder": te, **meta}
 
 
 def save_checkpoint(engine, ema: EMA, loader: PackedLoader, cfg: RunConfig, step: int, rank: int) -> Path:
@@ -392,6 +415,7 @@ def main(argv=None) -> None:
 
     loader, encoders = build_data(cfg, rank, world, device)
     loss_map = build_loss_map(cfg, loader.source, encoders, device)
+    pixel_decoder = build_pixel_decoder(cfg, device)
     model = VideoDiT(cfg.model)
     if cfg.train.init_from:
         init_weights(model, cfg.train.init_from)
@@ -417,7 +441,7 @@ def main(argv=None) -> None:
             gen = step_generator(cfg.train.seed, rank, step, attempt)
             attempt += 1
             loss, _ = flow_loss(_EngineModel(engine), latents, texts, cfg.flow, gen, cfg.train.token_drop,
-                                loss_map)
+                                loss_map, pixel_decoder)
             if any_rank(not bool(torch.isfinite(loss)), device):  # all ranks skip together
                 nan_skips += 1
                 log.warning("non-finite loss at step %d (rank-local %s): row skipped, no update",

@@ -297,3 +297,39 @@ def test_flow_loss_with_a_loss_map_measures_the_mapped_error():
         v = (xt - (1 - t[i]) * x0) / t[i] - x0
         expected = ((0.5 * xt - v) * scale).pow(2).mean()
         assert weighted[i].item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_flow_loss_pixel_term_decodes_the_x0_prediction_of_chosen_samples():
+    g = torch.Generator().manual_seed(1)
+    lat = [torch.randn(4, 2, 4, 6, generator=g), torch.randn(4, 1, 2, 2, generator=g)]
+    txt = [torch.randn(3, 8), torch.randn(2, 8)]
+    decoded = []
+
+    def decoder(z):  # a stand-in "decoder": records what it decodes, doubles it
+        decoded.append(z.detach().clone())
+        return 2 * z
+
+    plain = FlowConfig(logit_mean=-1.0, text_drop_prob=0.0)
+    pixel = FlowConfig(logit_mean=-1.0, text_drop_prob=0.0, pixel_weight=3.0, pixel_samples=2)
+    # the true x0: the pixel term is 0 as well, and both clean latents are decoded twice (target, prediction)
+    gen = torch.Generator().manual_seed
+    loss, _ = flow_loss(X0Oracle(lat), lat, txt, pixel, gen(2), pixel_decoder=decoder)
+    assert loss.item() < 1e-8 and len(decoded) == 4
+    for z in decoded:
+        assert any(z.shape[1:] == c.shape and torch.allclose(z[0], c, atol=1e-6) for c in lat)
+    # an x0 off by 0.5 everywhere: pixel MSE = (2 * 0.5)^2 = 1, weighted 3, on top of the latent loss
+    wrong = [z + 0.5 for z in lat]
+    base, per = flow_loss(X0Oracle(wrong), lat, txt, plain, torch.Generator().manual_seed(2))
+    with_px, per_px = flow_loss(X0Oracle(wrong), lat, txt, pixel, torch.Generator().manual_seed(2),
+                                pixel_decoder=decoder)
+    assert with_px.item() == pytest.approx(base.item() + 3.0, rel=1e-5)
+    torch.testing.assert_close(per_px, per)  # per-sample figures stay the latent loss
+    # no sample at t <= pixel_max_t: no term; token drop is refused with it on
+    none = FlowConfig(logit_mean=-1.0, text_drop_prob=0.0, pixel_weight=3.0, pixel_max_t=1e-6)
+    off, _ = flow_loss(X0Oracle(wrong), lat, txt, none, gen(2), pixel_decoder=decoder)
+    assert off.item() == pytest.approx(base.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="token drop"):
+        flow_loss(X0Oracle(wrong), lat, txt, pixel, gen(2), 0.5, pixel_decoder=decoder)
+    for bad in ({"pixel_weight": -1.0}, {"pixel_max_t": 0.0}, {"pixel_samples": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            FlowConfig(**bad)

@@ -125,6 +125,23 @@ def test_bad_input_subprocess_no_traceback(tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1, (case, proc.stderr)
 
 
+def test_extent_notes_name_requests_beyond_the_trained_latent():
+    class Vae:
+        temporal_stride, spatial_stride = 4, 8
+
+    def req(frames, h, w):
+        return generate.GenRequest("a red ball", frames, h, w, 0, "", Path(f"{frames}x{h}x{w}.mp4"))
+
+    meta = {"trained_latent_max": [7, 20, 20]}
+    inside, taller, longer = req(17, 128, 160), req(17, 256, 128), req(64, 128, 128)
+    assert generate.extent_notes([inside], meta, Vae) == []
+    assert generate.extent_notes([inside], {}, Vae) == []  # a checkpoint that does not say: no note
+    notes = generate.extent_notes([inside, taller, longer], meta, Vae)
+    assert len(notes) == 2
+    assert "17x256x128.mp4" in notes[0] and "height 32 > 20" in notes[0] and "width" not in notes[0]
+    assert "64x128x128.mp4" in notes[1] and "frames 17 > 7" in notes[1]
+
+
 # ---- end to end on a tiny random checkpoint -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory) -> Path:

@@ -1,6 +1,7 @@
 """train_video.py: exact resume, NaN skipping, bad-data counting, cache mode, DeepSpeed ZeRO ranks."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -91,6 +92,11 @@ def test_trains_from_latent_cache(tmp_path, assets, one_rank):
     precache(assets["manifest"], tmp_path / "cache", load_vae(str(assets["vae"])), "default", sampling)
     metrics = run(assets, tmp_path / "cached", **{"train.max_steps": 2, "data.cache": tmp_path / "cache"})
     assert len(metrics) == 2 and metrics[-1]["skipped_data"] == 5
+    # the checkpoint records the largest latent it trained on, per axis (generate.py notes larger requests)
+    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    shapes = [s["latent_shape"] for s in index["samples"]]
+    meta = json.loads((tmp_path / "cached" / "ema" / "config.json").read_text())["meta"]
+    assert meta["trained_latent_max"] == [max(s[k] for s in shapes) for k in (1, 2, 3)]
 
 
 def test_manifest_missing_columns_refused_at_start(tmp_path, assets, one_rank):
@@ -275,3 +281,14 @@ def test_init_from_another_patch_size_copies_the_body(tmp_path):
     other = VideoDiT(DiTConfig(**{**kw, "in_channels": 8}, patch=(1, 2, 2)))
     with pytest.raises(ValueError, match="in_channels"):
         train_video.init_weights(other, str(tmp_path / "src"))
+
+
+def test_pixel_term_trains_through_the_frozen_vae_decoder(tmp_path, assets, one_rank):
+    plain = run(assets, tmp_path / "plain", **{"train.max_steps": 2})
+    pixel = run(assets, tmp_path / "pixel", **{"train.max_steps": 2, "flow.pixel_weight": 100.0,
+                                               "flow.pixel_samples": 4})
+    assert all(math.isfinite(m["loss"]) for m in pixel)
+    assert pixel[0]["loss"] > plain[0]["loss"]  # same draws, the decoded term on top
+    with pytest.raises(ValueError, match="pixel_weight > 0 needs train.token_drop 0"):
+        bad = {"flow.pixel_weight": 1.0, "train.token_drop": 0.5}
+        run(assets, tmp_path / "x", **bad)

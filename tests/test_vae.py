@@ -242,3 +242,22 @@ def test_generator_gan_term_trains_the_autoencoder_not_the_discriminator():
     assert "gan_g" in logs and recon.grad is not None and recon.grad.abs().sum() > 0
     assert all(p.grad is None for p in disc.parameters())  # the generator term left the discriminator alone
     assert all(p.requires_grad for p in disc.parameters())  # and it still trains on its own loss
+
+
+def test_decode_coarse_is_the_decoder_without_its_pixel_refiner_and_differentiable():
+    import copy
+
+    torch.manual_seed(0)
+    m = tiny(arch="patch", refine_channels=4).eval()
+    torch.nn.init.normal_(m.decoder.refine[-1].weight, std=0.5)  # a refiner that changes the picture
+    z = torch.randn(1, m.latent_channels, 3, 2, 2, requires_grad=True)
+    bare = copy.deepcopy(m)
+    bare.decoder.refine = None
+    coarse = m.decode_coarse(z)
+    torch.testing.assert_close(coarse, bare.decode(z), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(coarse, m.decode(z), atol=1e-3)
+    coarse.pow(2).mean().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    conv = tiny().eval()  # the conv decoder has no refiner: decode_coarse is the whole decoder
+    zc = torch.randn(1, conv.latent_channels, 2, 2, 2)
+    torch.testing.assert_close(conv.decode_coarse(zc), conv.decode(zc), atol=1e-5, rtol=1e-5)

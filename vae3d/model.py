@@ -186,7 +186,8 @@ class PatchDecoder(nn.Module):
         nn.init.zeros_(stage[-1].bias)
         return stage
 
-    def forward(self, z: torch.Tensor, cache: dict | None = None) -> tuple[torch.Tensor, dict]:
+    def forward(self, z: torch.Tensor, cache: dict | None = None,
+                refine: bool = True) -> tuple[torch.Tensor, dict]:
         new: dict = {"started": True}
         x = self.conv_in(z)
         for i, block in enumerate(self.blocks):
@@ -199,7 +200,7 @@ class PatchDecoder(nn.Module):
                       pt=self.ts, p1=self.ss, p2=self.ss)
         if cache is None:
             x = x[:, :, self.ts - 1:]
-        if self.refine is not None and x.shape[2]:
+        if refine and self.refine is not None and x.shape[2]:
             x = x + self.refine(x)
             for stage in self.refine_more:
                 x = x + stage(x)
@@ -349,6 +350,15 @@ class CausalVAE3D(nn.Module):
                tile: int | tuple[int, int] | None = None) -> torch.Tensor:
         """Normalised latent (B, c, T, h, w) -> video (B, 3, F, H, W); F = num_frames or 1 + (T - 1) * ts."""
         return torch.cat(list(self.decode_stream(latent, num_frames, chunk_frames, tile)), dim=2)
+
+    def decode_coarse(self, latent: torch.Tensor) -> torch.Tensor:
+        """Normalised latent (B, c, T, h, w) -> video (B, 3, F, H, W) in one differentiable pass, without
+        the pixel refiner (arch "patch"; the conv decoder runs whole): a cheap decoder for losses."""
+        self._check_latent(latent, None)
+        latent = latent * self.latent_scale.view(1, -1, 1, 1, 1) + self.latent_shift.view(1, -1, 1, 1, 1)
+        if isinstance(self.decoder, PatchDecoder):
+            return self.decoder(latent, refine=False)[0]
+        return self.decoder(latent)[0]
 
     # ---- training ------------------------------------------------------------------------------------
     def forward(self, video: torch.Tensor, sample: bool = True,

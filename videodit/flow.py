@@ -33,12 +33,12 @@ an ordinary padded batch, and keep the loss scale independent of how many tokens
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from videodit.packing import num_tokens, pack, pack_like
+from videodit.packing import num_tokens, pack, pack_like, unpack
 
 
 @dataclass
@@ -63,6 +63,14 @@ class FlowConfig:
     # (BENCHMARKS.md): 0.5 for 4000 steps left shape where it was; 1.0 lost colour and motion within 2000.
     loss_whiten: float = 0.0
     whiten_floor: float = 0.01  # added to each direction's variance, as a fraction of the mean variance
+    # Pixel-space term (0 = off): pixel_weight x the mean squared error between the VAE decoder's pixels of
+    # the predicted x0 and of the clean latent, for up to `pixel_samples` samples of each row with
+    # t <= pixel_max_t. The latent loss weighs a direction by its variance; this one by what it changes on
+    # screen (a square's corners sit in low-variance directions but cover ~20% of its box). The trainer
+    # passes the decoder (without the VAE's pixel refiner: `CausalVAE3D.decode_coarse`) to `flow_loss`.
+    pixel_weight: float = 0.0
+    pixel_max_t: float = 1.0
+    pixel_samples: int = 1
 
     def __post_init__(self):
         if not self.logit_std > 0:
@@ -81,6 +89,12 @@ class FlowConfig:
             raise ValueError(f"loss_whiten must be in [0, 1], got {self.loss_whiten}")
         if not self.whiten_floor > 0:
             raise ValueError(f"whiten_floor must be > 0, got {self.whiten_floor}")
+        if self.pixel_weight < 0:
+            raise ValueError(f"pixel_weight must be >= 0, got {self.pixel_weight}")
+        if not 0.0 < self.pixel_max_t <= 1.0:
+            raise ValueError(f"pixel_max_t must be in (0, 1], got {self.pixel_max_t}")
+        if self.pixel_samples < 1:
+            raise ValueError(f"pixel_samples must be >= 1, got {self.pixel_samples}")
 
 
 def shift_mu(tokens: int, cfg: FlowConfig) -> float:
@@ -185,6 +199,7 @@ def flow_loss(
     generator: torch.Generator | None = None,
     drop_rate: float = 0.0,
     loss_map: torch.Tensor | None = None,
+    pixel_decoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rectified-flow loss of `model` on clean latents [(C, T_i, H_i, W_i)] with text [(L_i, D_text)].
 
@@ -192,10 +207,17 @@ def flow_loss(
     learns its null text token for classifier-free guidance. `drop_rate` is the NaViT token drop rate
     passed to `pack`; the velocity targets go through `pack_like`, so they drop the same tokens.
     `loss_map` (D_in, D_in), from `token_loss_map`: the error is measured as (pred - target) @ loss_map.
-    Random draws, in order: timesteps, text-drop mask, noise, token drop; all from `generator`.
+    `pixel_decoder` (latent (1, C, T, H, W) -> pixels, differentiable) with `cfg.pixel_weight` > 0 adds
+    the pixel-space term (FlowConfig); it needs drop_rate 0 (a dropped token has no x0 prediction).
+    Random draws, in order: timesteps, text-drop mask, noise, token drop, pixel-term samples; all from
+    `generator`.
 
-    Returns (loss scalar float32, per_sample (B,) float32); loss = per_sample.mean() (see module doc).
+    Returns (loss scalar float32, per_sample (B,) float32): the latent loss of each sample; loss =
+    per_sample.mean() plus the pixel term when it is on.
     """
+    pixel_on = pixel_decoder is not None and cfg.pixel_weight > 0
+    if pixel_on and drop_rate:
+        raise ValueError("flow.pixel_weight > 0 needs token drop 0: a dropped token has no x0 prediction")
     if len(latents) != len(text_embeds):
         raise ValueError(f"got {len(latents)} latents but {len(text_embeds)} text embeddings")
     patch = tuple(model.config.patch)
@@ -213,12 +235,39 @@ def flow_loss(
     target = pack_like(packed, targets)  # (N, D_in)
     pred = model.forward_packed(packed, t.to(latents[0].device))  # (N, D_in)
     prediction = getattr(model.config, "prediction", "velocity")
+    t_tok = t.to(pred.device)[packed.sample_id.to(pred.device)][:, None]  # (N, 1)
+    x_t = packed.tokens.to(pred.device).float()
+    x0_pred = pred.float() if prediction == "x0" else x_t - t_tok * pred.float()  # (N, D_in)
     if prediction != "velocity":
-        t_tok = t.to(pred.device)[packed.sample_id.to(pred.device)][:, None]  # (N, 1)
-        pred = to_velocity(pred.float(), packed.tokens.to(pred.device).float(), t_tok, prediction)
+        pred = to_velocity(pred.float(), x_t, t_tok, prediction)
     diff = pred.float() - target.float()  # (N, D_in)
     if loss_map is not None:
         diff = diff @ loss_map.to(diff.device)
     err = diff.pow(2).mean(dim=1)  # (N,)
     per_sample = per_sample_mean(err, packed.sample_id, packed.num_samples)  # (B,)
-    return per_sample.mean(), per_sample
+    loss = per_sample.mean()
+    if pixel_on:
+        pixels = pixel_term(packed, x0_pred, latents, t, cfg, pixel_decoder, generator)
+        loss = loss + cfg.pixel_weight * pixels
+    return loss, per_sample
+
+
+def pixel_term(packed, x0_pred: torch.Tensor, latents: Sequence[torch.Tensor], t: torch.Tensor,
+               cfg: FlowConfig, decoder: Callable[[torch.Tensor], torch.Tensor],
+               generator: torch.Generator | None) -> torch.Tensor:
+    """Mean pixel MSE between decoder(x0 prediction) and decoder(clean latent) over up to
+    cfg.pixel_samples samples with t <= cfg.pixel_max_t, picked at random; 0 if there is none."""
+    eligible = [i for i, t_i in enumerate(t.tolist()) if t_i <= cfg.pixel_max_t]
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    order = torch.randperm(len(eligible), generator=generator, device=gen_device).tolist()
+    chosen = [eligible[k] for k in order[: cfg.pixel_samples]]
+    if not chosen:
+        return x0_pred.sum() * 0.0  # keeps the graph (and DeepSpeed's gradient hooks) the same
+    channels = latents[0].shape[0]
+    per_clip = unpack(packed, x0_pred, channels)  # [(C, T, H, W)]
+    errs = []
+    for i in chosen:
+        with torch.no_grad():
+            target = decoder(latents[i][None].to(x0_pred))
+        errs.append((decoder(per_clip[i][None]) - target).pow(2).mean())
+    return torch.stack(errs).mean()
