@@ -177,7 +177,6 @@ def build_data(cfg: RunConfig, rank: int, world: int, device: torch.device):
     return loader, encoders
 
 
-@torch.no_grad()
 def build_pixel_decoder(cfg: RunConfig, device):
     """`flow.pixel_weight` > 0: the frozen decoder of the run's VAE (the cache's, else data.vae), without its
     pixel refiner (`decode_coarse`), for flow_loss's pixel term; else None."""
@@ -192,6 +191,7 @@ def build_pixel_decoder(cfg: RunConfig, device):
     return vae.decode_coarse
 
 
+@torch.no_grad()
 def build_loss_map(cfg: RunConfig, source, encoders, device, max_samples: int = 256) -> torch.Tensor | None:
     """`flow.loss_whiten` > 0: the token-space loss map from up to `max_samples` training clips, evenly
     spaced through the data (the same on every rank and at every resume) -> (D_in, D_in); else None."""
