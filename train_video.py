@@ -177,6 +177,11 @@ def build_data(cfg: RunConfig, rank: int, world: int, device: torch.device):
     return loader, encoders
 
 
+def cache_index(cfg: RunConfig) -> dict | None:
+    """The latent cache's index.json (its VAE, text encoder and samples), or None without a cache."""
+    return json.loads((Path(cfg.data.cache) / "index.json").read_text()) if cfg.data.cache else None
+
+
 def build_pixel_decoder(cfg: RunConfig, device):
     """`flow.pixel_weight` > 0: the frozen decoder of the run's VAE (the cache's, else data.vae), without its
     pixel refiner (`decode_coarse`), for flow_loss's pixel term; else None."""
@@ -184,10 +189,8 @@ def build_pixel_decoder(cfg: RunConfig, device):
         return None
     from vae3d.io import load_vae
 
-    name = cfg.data.vae
-    if cfg.data.cache:
-        name = json.loads((Path(cfg.data.cache) / "index.json").read_text())["vae"]
-    vae = load_vae(name, device=device).eval().requires_grad_(False)
+    index = cache_index(cfg)
+    vae = load_vae(index["vae"] if index else cfg.data.vae, device=device).eval().requires_grad_(False)
     return vae.decode_coarse
 
 
@@ -318,8 +321,8 @@ def init_weights(model: VideoDiT, folder: str) -> None:
 def dit_meta(cfg: RunConfig) -> dict:
     vae, te = cfg.data.vae, cfg.data.text_encoder
     meta = {"flow": to_dict(cfg.flow), "random_init": False}
-    if cfg.data.cache:
-        index = json.loads((Path(cfg.data.cache) / "index.json").read_text())
+    index = cache_index(cfg)
+    if index:
         vae, te = index["vae"], index["text_encoder"]
         shapes = [s["latent_shape"] for s in index["samples"]]
         if shapes:  # the largest latent (T, h, w) trained on, per axis: generate.py notes requests beyond it

@@ -331,7 +331,7 @@ class CausalVAE3D(nn.Module):
         if chunk_frames is not None and chunk_frames < 1:
             raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
         if normalised:
-            latent = latent * self.latent_scale.view(1, -1, 1, 1, 1) + self.latent_shift.view(1, -1, 1, 1, 1)
+            latent = self._denormalise(latent)
         t = latent.shape[2]
         step = t if chunk_frames is None else max(1, chunk_frames // self.temporal_stride)
         ss = self.spatial_stride
@@ -351,11 +351,14 @@ class CausalVAE3D(nn.Module):
         """Normalised latent (B, c, T, h, w) -> video (B, 3, F, H, W); F = num_frames or 1 + (T - 1) * ts."""
         return torch.cat(list(self.decode_stream(latent, num_frames, chunk_frames, tile)), dim=2)
 
+    def _denormalise(self, latent: torch.Tensor) -> torch.Tensor:
+        return latent * self.latent_scale.view(1, -1, 1, 1, 1) + self.latent_shift.view(1, -1, 1, 1, 1)
+
     def decode_coarse(self, latent: torch.Tensor) -> torch.Tensor:
         """Normalised latent (B, c, T, h, w) -> video (B, 3, F, H, W) in one differentiable pass, without
         the pixel refiner (arch "patch"; the conv decoder runs whole): a cheap decoder for losses."""
         self._check_latent(latent, None)
-        latent = latent * self.latent_scale.view(1, -1, 1, 1, 1) + self.latent_shift.view(1, -1, 1, 1, 1)
+        latent = self._denormalise(latent)
         if isinstance(self.decoder, PatchDecoder):
             return self.decoder(latent, refine=False)[0]
         return self.decoder(latent)[0]

@@ -237,7 +237,8 @@ def flow_loss(
     prediction = getattr(model.config, "prediction", "velocity")
     t_tok = t.to(pred.device)[packed.sample_id.to(pred.device)][:, None]  # (N, 1)
     x_t = packed.tokens.to(pred.device).float()
-    x0_pred = pred.float() if prediction == "x0" else x_t - t_tok * pred.float()  # (N, D_in)
+    if pixel_on:  # the x0 prediction, (N, D_in), for the pixel term
+        x0_pred = pred.float() if prediction == "x0" else x_t - t_tok * pred.float()
     if prediction != "velocity":
         pred = to_velocity(pred.float(), x_t, t_tok, prediction)
     diff = pred.float() - target.float()  # (N, D_in)
