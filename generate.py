@@ -55,6 +55,31 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def parse_cfg_interval(text: str) -> tuple[float, float]:
+    """'LO,HI' -> (lo, hi) with 0 <= lo <= hi <= 1, else ValueError naming --cfg-interval."""
+    parts = str(text).split(",")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--cfg-interval must be LO,HI (two numbers), got {text!r}") from None
+    if not (0.0 <= lo <= hi <= 1.0):
+        raise ValueError(f"--cfg-interval must satisfy 0 <= LO <= HI <= 1, got {text!r}")
+    return lo, hi
+
+
+def parse_blocks(text: str) -> tuple[int, ...]:
+    """'2,3' -> (2, 3): block indices >= 0, else ValueError naming --skip-blocks ('' -> ())."""
+    if str(text).strip() == "":
+        return ()
+    try:
+        blocks = tuple(int(b) for b in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"--skip-blocks must be comma-separated block indices, got {text!r}") from None
+    if min(blocks) < 0:
+        raise ValueError(f"--skip-blocks must be >= 0, got {text!r}")
+    return blocks
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(description="Generate videos from text with a videodit checkpoint.")
     src = p.add_mutually_exclusive_group()
@@ -65,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=16.0, help="frames per second of the mp4 (default 16)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's, else 30)")
     p.add_argument("--cfg", type=float, help="guidance scale >= 1 (default: the checkpoint's, else 5)")
+    p.add_argument("--cfg-interval",
+                   help="LO,HI: guide only at noise levels sigma in [LO, HI], 0 <= LO <= HI <= 1; other "
+                        "steps run the conditional pass alone (default: the checkpoint's, else 0,1)")
+    p.add_argument("--skip-guidance", type=float,
+                   help="skip-layer guidance scale >= 0: steer away from the DiT with --skip-blocks made "
+                        "identity; one more pass a step (default: the checkpoint's, else 0 = off)")
+    p.add_argument("--skip-blocks", help="comma-separated DiT block indices that skip-layer guidance "
+                                         "skips (default: the checkpoint's)")
     p.add_argument("--negative-prompt", default="", help="what to steer away from (default: none)")
     p.add_argument("--seed", type=int, default=0, help="random seed (prompts file: seed + line index)")
     p.add_argument("--sampler", choices=SAMPLERS, help="scheduler (default: the checkpoint's, else euler)")
@@ -218,6 +251,12 @@ def validate(args: argparse.Namespace) -> list[GenRequest]:
         _positive_int(args.steps, "--steps", "")
     if args.cfg is not None and not (args.cfg >= 1.0 and math.isfinite(args.cfg)):
         raise ValueError(f"--cfg must be >= 1 (1 = no guidance), got {args.cfg}")
+    if args.cfg_interval is not None:
+        parse_cfg_interval(args.cfg_interval)
+    if args.skip_guidance is not None and not (args.skip_guidance >= 0 and math.isfinite(args.skip_guidance)):
+        raise ValueError(f"--skip-guidance must be >= 0, got {args.skip_guidance}")
+    if args.skip_blocks is not None:
+        parse_blocks(args.skip_blocks)
     _seed(args.seed, "--")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", args.device):
         raise ValueError(f"--device {args.device!r} must be auto, cpu, cuda, cuda:N or mps")
@@ -265,14 +304,19 @@ def validate(args: argparse.Namespace) -> list[GenRequest]:
 
 
 # ---- build and run (heavy imports from here on) ------------------------------------------------------
-SAMPLING_DEFAULTS = {"steps": 30, "cfg": 5.0, "sampler": "euler"}
+SAMPLING_DEFAULTS = {"steps": 30, "cfg": 5.0, "sampler": "euler", "cfg_interval": "0,1", "skip_guidance": 0.0,
+                     "skip_blocks": ""}
 
 
 def apply_sampling_defaults(args: argparse.Namespace, recommended: dict) -> None:
-    """Fill --steps/--cfg/--sampler left unset: the checkpoint's recommendation, else SAMPLING_DEFAULTS."""
+    """Fill the sampling flags left unset (--steps, --cfg, --sampler, --cfg-interval, --skip-guidance,
+    --skip-blocks): the checkpoint's recommendation, else SAMPLING_DEFAULTS."""
     for key, fallback in SAMPLING_DEFAULTS.items():
         if getattr(args, key) is None:
-            setattr(args, key, recommended.get(key, fallback))
+            value = recommended.get(key, fallback)
+            if key in ("cfg_interval", "skip_blocks") and not isinstance(value, str):
+                value = ",".join(str(v) for v in value)  # a checkpoint stores a list
+            setattr(args, key, value)
 
 
 def build(args: argparse.Namespace):
@@ -355,6 +399,8 @@ def denoise(requests: list[GenRequest], args, dit, vae, text, flow_cfg, device, 
     return sample(
         dit, reqs, steps=args.steps, sampler=args.sampler, guidance=args.cfg, flow_cfg=flow_cfg,
         device=device, dtype=dtype, token_budget=TOKEN_BUDGET,
+        guidance_interval=parse_cfg_interval(args.cfg_interval), skip_guidance=args.skip_guidance,
+        skip_blocks=parse_blocks(args.skip_blocks),
     )  # fmt: skip
 
 

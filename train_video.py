@@ -94,6 +94,10 @@ class TrainConfig:
     # init; shapes must match. If its `prediction` differs from model.prediction, the output head is
     # zeroed (it is relearned). Ignored when resuming (the checkpoint wins).
     init_from: str = ""
+    # With init_from, for a model DEEPER than the source: block i of the source goes to model block
+    # init_block_map[i] (strictly increasing, one entry per source block). The other blocks keep their fresh
+    # adaLN-zero init, which is exactly the identity, so the grown model starts as the source.
+    init_block_map: tuple[int, ...] = ()
     sample_every: int = 0  # write sample videos with the EMA model every N steps (0 = off)
     sample_prompts: tuple[str, ...] = ("a red ball bouncing",)
     sample_size: tuple[int, int, int] = (5, 32, 32)  # frames, height, width of sample videos
@@ -109,6 +113,11 @@ class TrainConfig:
                              f"or -1 (no decay)")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        m = list(self.init_block_map)
+        if m and (min(m) < 0 or any(b <= a for a, b in zip(m, m[1:]))):
+            raise ValueError(f"train.init_block_map must be strictly increasing block indices >= 0, got {m}")
+        if m and not self.init_from:
+            raise ValueError("train.init_block_map needs train.init_from")
 
 
 @dataclass
@@ -287,7 +296,24 @@ def set_rng_state(state: dict) -> None:
 PATCH_TIED = ("x_embedder.", "final_layer.linear.", "token_skip.")  # shapes follow the patch size
 
 
-def init_weights(model: VideoDiT, folder: str) -> None:
+def remap_blocks(state: dict, block_map: tuple[int, ...], source_depth: int, depth: int) -> dict:
+    """Rename `blocks.i.*` to `blocks.{block_map[i]}.*` (a source of `source_depth` blocks into `depth`)."""
+    if len(block_map) != source_depth:
+        raise ValueError(f"train.init_block_map has {len(block_map)} entries for a source of {source_depth} "
+                         f"blocks")
+    if block_map[-1] >= depth:
+        raise ValueError(f"train.init_block_map names block {block_map[-1]}; the model has blocks "
+                         f"0..{depth - 1}")
+    out = {}
+    for key, value in state.items():
+        if key.startswith("blocks."):
+            _, index, rest = key.split(".", 2)
+            key = f"blocks.{block_map[int(index)]}.{rest}"
+        out[key] = value
+    return out
+
+
+def init_weights(model: VideoDiT, folder: str, block_map: tuple[int, ...] = ()) -> None:
     """Copy a `save_dit` folder's weights into `model` (same shapes); zero the head if `prediction` differs.
     A `token_skip` the source lacks is added (zero: the model starts as the source). A source with another
     patch size gives the transformer body (blocks, timestep and text embedders, adaLN of the head); the patch
@@ -297,6 +323,10 @@ def init_weights(model: VideoDiT, folder: str) -> None:
     source, _ = load_dit(folder)
     src_state, dst_state = source.state_dict(), model.state_dict()
     new = [k for k in dst_state if k.startswith("token_skip.") and k not in src_state]  # added, kept at init
+    if block_map:
+        src_state = remap_blocks(src_state, tuple(block_map), source.config.depth, model.config.depth)
+        grown = {f"blocks.{i}." for i in range(model.config.depth)} - {f"blocks.{i}." for i in block_map}
+        new += [k for k in dst_state if k.startswith(tuple(grown))]  # identity blocks, kept at init
     repatch = tuple(source.config.patch) != tuple(model.config.patch)
     if repatch:
         if source.config.in_channels != model.config.in_channels:
@@ -421,7 +451,7 @@ def main(argv=None) -> None:
     pixel_decoder = build_pixel_decoder(cfg, device)
     model = VideoDiT(cfg.model)
     if cfg.train.init_from:
-        init_weights(model, cfg.train.init_from)
+        init_weights(model, cfg.train.init_from, tuple(cfg.train.init_block_map))
     ema = EMA(model, cfg.train.ema_decay)
     num_params = sum(p.numel() for p in model.parameters())
     optimizer, scheduler = build_optimizer(model, cfg.train)

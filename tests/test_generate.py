@@ -82,6 +82,9 @@ def _bad_inputs(tmp_path: Path) -> dict[str, list[str]]:
         "seed -1": ["--prompt", "a", "--seed", "-1"],
         "fps -2": ["--prompt", "a", "--fps", "-2"],
         "cfg 0": ["--prompt", "a", "--cfg", "0"],
+        "cfg interval reversed": ["--prompt", "a", "--cfg-interval", "0.8,0.2"],
+        "cfg interval one number": ["--prompt", "a", "--cfg-interval", "0.5"],
+        "cfg interval above 1": ["--prompt", "a", "--cfg-interval", "0,2"],
         "sampler": ["--prompt", "a", "--sampler", "ddim"],
         "missing ckpt": ["--prompt", "a", "--ckpt", str(tmp_path / "no_ckpt")],
         "missing vae": ["--prompt", "a", "--vae", str(tmp_path / "no_vae")],
@@ -123,6 +126,18 @@ def test_bad_input_subprocess_no_traceback(tmp_path):
         assert proc.returncode == 2, (case, proc.stderr)
         assert "Traceback" not in proc.stderr, case
         assert len(proc.stderr.strip().splitlines()) == 1, (case, proc.stderr)
+
+
+def test_sampling_defaults_take_the_checkpoint_interval_unless_the_flag_is_given():
+    args = generate.build_parser().parse_args(["--prompt", "a"])
+    generate.apply_sampling_defaults(args, {"steps": 32, "cfg": 5.0, "cfg_interval": [0.1, 1.0]})
+    assert (args.steps, args.cfg, generate.parse_cfg_interval(args.cfg_interval)) == (32, 5.0, (0.1, 1.0))
+    args = generate.build_parser().parse_args(["--prompt", "a", "--cfg-interval", "0.2,0.9"])
+    generate.apply_sampling_defaults(args, {"cfg_interval": [0.1, 1.0]})
+    assert generate.parse_cfg_interval(args.cfg_interval) == (0.2, 0.9)
+    args = generate.build_parser().parse_args(["--prompt", "a"])
+    generate.apply_sampling_defaults(args, {})
+    assert generate.parse_cfg_interval(args.cfg_interval) == (0.0, 1.0)
 
 
 def test_extent_notes_name_requests_beyond_the_trained_latent():

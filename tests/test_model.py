@@ -183,3 +183,24 @@ def test_token_skip_adds_c_skip_times_mapped_input_per_sample():
         torch.testing.assert_close(m.forward_samples(latents, t, texts)[0], alone, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="token_skip needs prediction 'x0'"):
         DiTConfig(token_skip=True)
+
+
+def test_skip_blocks_make_named_blocks_identity_for_that_sample_only():
+    cfg = DiTConfig(in_channels=4, text_dim=TEXT_DIM, hidden_size=48, depth=3, num_heads=4)
+    model = perturb(VideoDiT(cfg)).eval()
+    latents, t, texts = samples()
+    skips = [frozenset(), frozenset({1}), frozenset({0, 2}), frozenset()]
+    with torch.no_grad():
+        plain = model.forward_samples(latents, t, texts)
+        got = model.forward_samples(latents, t, texts, skip_blocks=skips)
+        for i, skip in enumerate(skips):
+            blocks = model.blocks
+            model.blocks = torch.nn.ModuleList([b for k, b in enumerate(blocks) if k not in skip])
+            want = model.forward_samples([latents[i]], t[i : i + 1], [texts[i]])[0]
+            model.blocks = blocks
+            torch.testing.assert_close(got[i], want, atol=1e-5, rtol=1e-5)
+            assert (got[i] - plain[i]).abs().max() > 1e-3 if skip else torch.equal(got[i], plain[i])
+    with pytest.raises(ValueError, match="block 3"):
+        model.forward_samples(latents, t, texts, skip_blocks=[frozenset({3})] * 4)
+    with pytest.raises(ValueError, match="entries"):
+        model.forward_samples(latents, t, texts, skip_blocks=[frozenset()])

@@ -45,7 +45,9 @@ def exact_solution(noise: torch.Tensor, m: float) -> torch.Tensor:
     return m + A * noise
 
 
-def reference_euler(model, req: Request, steps: int, guidance: float) -> torch.Tensor:
+def reference_euler(
+    model, req: Request, steps: int, guidance: float, interval: tuple[float, float] = (0.0, 1.0)
+) -> torch.Tensor:
     """Plain Euler on the request's shifted sigmas, written out by hand (no diffusers step)."""
     sched = make_scheduler("euler", _shift(req), steps)
     x = initial_noise(C, req.size, req.seed)
@@ -54,7 +56,7 @@ def reference_euler(model, req: Request, steps: int, guidance: float) -> torch.T
         s, s_next = float(sched.sigmas[k]), float(sched.sigmas[k + 1])
         t = torch.tensor([s])
         v = model.forward_samples([x], t, [req.text])[0]
-        if guidance != 1:
+        if guidance != 1 and interval[0] <= s <= interval[1]:
             vu = model.forward_samples([x], t, [uncond])[0]
             v = vu + guidance * (v - vu)
         x = x + (s_next - s) * v
@@ -88,6 +90,30 @@ def test_euler_equals_hand_written_loop_with_and_without_cfg():
         got = sample(model, reqs, steps=6, sampler="euler", guidance=guidance, progress=False)
         for r, z in zip(reqs, got):
             torch.testing.assert_close(z, reference_euler(model, r, 6, guidance), atol=1e-5, rtol=1e-5)
+
+
+def test_guidance_interval_guides_only_inside_it_and_skips_unconditional_passes():
+    reqs = [Request((2, 4, 4), _text(0.5), seed=1), Request((1, 6, 2), _text(-0.3), seed=2)]
+    counting = GaussianModel()
+    calls = []
+    forward = counting.forward_samples
+    counting.forward_samples = lambda xs, t, es: calls.append(len(xs)) or forward(xs, t, es)
+    got = sample(counting, reqs, steps=8, sampler="euler", guidance=4.0, guidance_interval=(0.3, 0.8),
+                 progress=False)
+    for z, r in zip(got, reqs):
+        want = reference_euler(GaussianModel(), r, 8, 4.0, interval=(0.3, 0.8))
+        torch.testing.assert_close(z, want, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(z, reference_euler(GaussianModel(), r, 8, 4.0), atol=1e-3)
+    sigmas = [[float(s) for s in make_scheduler("euler", _shift(r), 8).sigmas[:-1]] for r in reqs]
+    want_calls = [sum(1 + (0.3 <= s[k] <= 0.8) for s in sigmas) for k in range(8)]
+    assert calls == want_calls and 16 < sum(calls) < 32  # some steps guided (2 passes), some not
+    full = sample(GaussianModel(), reqs, steps=8, sampler="euler", guidance=4.0, guidance_interval=(0, 1),
+                  progress=False)
+    for z, r in zip(full, reqs):
+        torch.testing.assert_close(z, reference_euler(GaussianModel(), r, 8, 4.0), atol=1e-5, rtol=1e-5)
+    for bad in ((0.5, 0.2), (-0.1, 0.5), (0.0, 1.5)):
+        with pytest.raises(ValueError, match="guidance_interval"):
+            sample(GaussianModel(), reqs, guidance=4.0, guidance_interval=bad, progress=False)
 
 
 def test_cfg_changes_output_and_cfg1_runs_cond_only():
@@ -236,3 +262,39 @@ def test_x0_prediction_samples_like_the_equivalent_velocity_model(guidance):
     z = sample(GaussianX0Model(), reqs[:1], steps=12, sampler="heun", guidance=1.0, progress=False)[0]
     exact = exact_solution(initial_noise(C, reqs[0].size, 7), text_mean(reqs[0].text))
     assert (z - exact).abs().max().item() < 0.005
+
+
+def test_skip_layer_guidance_adds_scaled_difference_to_the_weakened_pass():
+    """v = v_u + g (v_c - v_u) + s (v_c - v_skip), checked against a hand-written Euler loop; s = 0 changes
+    nothing; bad settings are refused."""
+    from videodit.model import DiTConfig, VideoDiT
+
+    torch.manual_seed(0)
+    model = VideoDiT(DiTConfig(in_channels=C, text_dim=8, hidden_size=24, depth=2, num_heads=2)).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    req = Request((2, 4, 6), torch.randn(4, 8, generator=g), seed=11)
+    got = sample(model, [req], steps=4, sampler="euler", guidance=3.0, skip_guidance=2.0, skip_blocks=(1,),
+                 progress=False)[0]
+    sched = make_scheduler("euler", _shift(req), 4)
+    x = initial_noise(C, req.size, req.seed)
+    with torch.no_grad():
+        for k in range(4):
+            s, s_next = float(sched.sigmas[k]), float(sched.sigmas[k + 1])
+            t = torch.tensor([s])
+            vc = model.forward_samples([x], t, [req.text])[0]
+            vu = model.forward_samples([x], t, [req.text[:0]])[0]
+            vs = model.forward_samples([x], t, [req.text], skip_blocks=[frozenset({1})])[0]
+            x = x + (s_next - s) * (vu + 3.0 * (vc - vu) + 2.0 * (vc - vs))
+    torch.testing.assert_close(got, x, atol=1e-5, rtol=1e-5)
+    off = sample(model, [req], steps=4, sampler="euler", guidance=3.0, skip_guidance=0.0, skip_blocks=(1,),
+                 progress=False)[0]
+    torch.testing.assert_close(off, sample(model, [req], steps=4, sampler="euler", guidance=3.0,
+                                           progress=False)[0])
+    assert (off - got).abs().max() > 1e-3
+    for kwargs in ({"skip_guidance": -1.0, "skip_blocks": (1,)}, {"skip_guidance": 1.0, "skip_blocks": ()},
+                   {"skip_guidance": 1.0, "skip_blocks": (2,)}):
+        with pytest.raises(ValueError, match="skip"):
+            sample(model, [req], steps=2, progress=False, **kwargs)

@@ -292,3 +292,33 @@ def test_pixel_term_trains_through_the_frozen_vae_decoder(tmp_path, assets, one_
     with pytest.raises(ValueError, match="pixel_weight > 0 needs train.token_drop 0"):
         bad = {"flow.pixel_weight": 1.0, "train.token_drop": 0.5}
         run(assets, tmp_path / "x", **bad)
+
+
+def test_init_block_map_grows_depth_and_starts_as_the_source(tmp_path):
+    from videodit.checkpoint import save_dit
+    from videodit.model import DiTConfig, VideoDiT
+
+    kw = dict(in_channels=4, text_dim=8, hidden_size=32, num_heads=2)
+    source = VideoDiT(DiTConfig(**kw, depth=2))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    save_dit(source, tmp_path / "src", {})
+    grown = VideoDiT(DiTConfig(**kw, depth=4))
+    train_video.init_weights(grown, str(tmp_path / "src"), (0, 2))
+    torch.testing.assert_close(grown.blocks[2].attn.qkv.weight, source.blocks[1].attn.qkv.weight)
+    assert torch.all(grown.blocks[1].adaLN_modulation[-1].weight == 0)
+    latents = [torch.randn(4, 2, 4, 4), torch.randn(4, 1, 6, 2)]
+    texts = [torch.randn(3, 8, generator=g), torch.randn(2, 8, generator=g)]
+    t = torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        for a, b in zip(grown.forward_samples(latents, t, texts), source.forward_samples(latents, t, texts)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for bad, match in (((0, 4), "names block 4"), ((0,), "1 entries"), ((0, 1, 2), "3 entries")):
+        with pytest.raises(ValueError, match=match):
+            train_video.init_weights(VideoDiT(DiTConfig(**kw, depth=4)), str(tmp_path / "src"), bad)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        train_video.TrainConfig(init_from="x", init_block_map=(2, 1))
+    with pytest.raises(ValueError, match="needs train.init_from"):
+        train_video.TrainConfig(init_block_map=(0, 1))

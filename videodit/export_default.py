@@ -54,9 +54,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--sampler", default="euler")
+    p.add_argument("--cfg-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
+                   help="noise levels (sigma) between which guidance applies (generate.py --cfg-interval)")
     args = p.parse_args(argv)
-    dit_out, vae_out = export_default(args.dit, args.vae,
-                                      {"steps": args.steps, "cfg": args.cfg, "sampler": args.sampler})
+    lo, hi = args.cfg_interval
+    if not (0.0 <= lo <= hi <= 1.0):
+        p.error(f"--cfg-interval must satisfy 0 <= LO <= HI <= 1, got {lo} {hi}")
+    sampling = {"steps": args.steps, "cfg": args.cfg, "sampler": args.sampler, "cfg_interval": [lo, hi]}
+    dit_out, vae_out = export_default(args.dit, args.vae, sampling)
     size = sum(f.stat().st_size for d in (dit_out, vae_out) for f in d.iterdir())
     print(f"wrote {dit_out} and {vae_out} ({size / 2**20:.1f} MiB)")
 

@@ -15,6 +15,7 @@ One forward runs on a `PackedBatch`: all samples' tokens back to back in one `(N
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -354,9 +355,28 @@ class VideoDiT(nn.Module):
                 f"timesteps must have shape ({packed.num_samples},), got {tuple(timesteps.shape)}"
             )
 
-    def forward_packed(self, packed: PackedBatch, timesteps: torch.Tensor) -> torch.Tensor:
-        """Packed tokens `(N, D_in)`, one timestep per sample `(S,)` in [0, 1] -> predictions `(N, D_in)`."""
+    def forward_packed(
+        self,
+        packed: PackedBatch,
+        timesteps: torch.Tensor,
+        skip_blocks: Sequence[frozenset[int] | set[int]] | None = None,
+    ) -> torch.Tensor:
+        """Packed tokens `(N, D_in)`, one timestep per sample `(S,)` in [0, 1] -> predictions `(N, D_in)`.
+
+        `skip_blocks`, one set of block indices per sample: those blocks are identity for that sample's
+        tokens (a weakened model for skip-layer guidance, see videodit.sampling). Attention never crosses
+        samples, so a sample that skips nothing gets exactly the plain forward."""
         self._check(packed, timesteps)
+        if skip_blocks is not None:
+            if len(skip_blocks) != packed.num_samples:
+                raise ValueError(
+                    f"skip_blocks has {len(skip_blocks)} entries for {packed.num_samples} samples"
+                )
+            bad = sorted(i for s in skip_blocks for i in s if not 0 <= i < self.config.depth)
+            if bad:
+                raise ValueError(
+                    f"skip_blocks names block {bad[0]}; the model has blocks 0..{self.config.depth - 1}"
+                )
         cfg = self.config
         dtype = self.x_embedder.weight.dtype
         device = self.x_embedder.weight.device
@@ -384,11 +404,15 @@ class VideoDiT(nn.Module):
             seqlens=torch.diff(packed.cu_seqlens).tolist(),
             ctx_seqlens=torch.diff(ctx_cu).tolist(),
         )
-        for block in self.blocks:
+        for index, block in enumerate(self.blocks):
             if cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, c, ctx, seg, use_reentrant=False)
+                y = torch.utils.checkpoint.checkpoint(block, x, c, ctx, seg, use_reentrant=False)
             else:
-                x = block(x, c, ctx, seg)  # (N, D)
+                y = block(x, c, ctx, seg)  # (N, D)
+            if skip_blocks is not None and any(index in s for s in skip_blocks):
+                skip = torch.tensor([index in s for s in skip_blocks], device=device)[sample_id]  # (N,)
+                y = torch.where(skip[:, None], x, y)
+            x = y
         out = self.final_layer(x, c, sample_id)  # (N, D_in)
         if self.token_skip is not None:
             t = timesteps.to(device).float()[sample_id][:, None]  # (N, 1)
@@ -398,9 +422,14 @@ class VideoDiT(nn.Module):
         return out
 
     def forward_samples(
-        self, latents: list[torch.Tensor], timesteps: torch.Tensor, text_embeds: list[torch.Tensor]
+        self,
+        latents: list[torch.Tensor],
+        timesteps: torch.Tensor,
+        text_embeds: list[torch.Tensor],
+        skip_blocks: Sequence[frozenset[int] | set[int]] | None = None,
     ) -> list[torch.Tensor]:
-        """latents [(C, T_i, H_i, W_i)], timesteps `(B,)`, text [(L_i, text_dim)] -> outputs like latents."""
+        """latents [(C, T_i, H_i, W_i)], timesteps `(B,)`, text [(L_i, text_dim)] -> outputs like latents.
+        `skip_blocks`: see `forward_packed`."""
         if len(latents) == 0:
             raise ValueError("empty sample list: forward_samples needs at least one latent")
         for i, z in enumerate(latents):
@@ -410,7 +439,7 @@ class VideoDiT(nn.Module):
                     f"the model expects (C={self.config.in_channels}, T, H, W)"
                 )
         packed = pack(latents, text_embeds, self.config.patch)
-        out = self.forward_packed(packed, timesteps)
+        out = self.forward_packed(packed, timesteps, skip_blocks)
         return [z.to(latents[0].dtype) for z in unpack(packed, out, self.config.in_channels)]
 
     def forward(self, packed: PackedBatch, timesteps: torch.Tensor) -> torch.Tensor:

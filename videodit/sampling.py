@@ -74,9 +74,10 @@ def initial_noise(channels: int, size: tuple[int, int, int], seed: int) -> torch
     return torch.randn((channels, *size), generator=gen)
 
 
-def request_tokens(req: Request, patch: tuple[int, int, int], guided: bool) -> int:
-    """Tokens one request adds to every forward pass (twice its grid when CFG needs an uncond pass)."""
-    return num_tokens(req.size, patch) * (2 if guided else 1)
+def request_tokens(req: Request, patch: tuple[int, int, int], guided: bool, skip_pass: bool = False) -> int:
+    """Tokens one request adds to every forward pass: its grid, once more for CFG's unconditional pass and
+    once more for skip-layer guidance's pass."""
+    return num_tokens(req.size, patch) * (1 + int(guided) + int(skip_pass))
 
 
 @torch.no_grad()
@@ -91,8 +92,19 @@ def sample(
     dtype: torch.dtype = torch.float32,
     token_budget: int | None = None,
     progress: bool = True,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    skip_guidance: float = 0.0,
+    skip_blocks: Sequence[int] = (),
 ) -> list[torch.Tensor]:
     """Denoise every request -> list of clean latents (C, T, h, w) float32 on `device`, in request order.
+
+    `guidance_interval` (lo, hi): classifier-free guidance applies only at steps whose noise level sigma
+    lies in [lo, hi]; other steps use the conditional prediction alone and skip the unconditional pass
+    (guidance in a limited interval, Kynkaanniemi et al. 2024). (0, 1), the default, guides every step.
+
+    `skip_guidance` s > 0 adds skip-layer guidance at the same steps: a third pass, conditional, with the
+    DiT blocks `skip_blocks` made identity (a weakened model, as in spatiotemporal skip guidance, Hyung et
+    al. 2024), and v += s * (v_cond - v_skip), steering away from what the weakened model would draw.
 
     `token_budget` caps the tokens of one forward pass: requests are grouped by first-fit decreasing
     (`plan_rows`) and each group is denoised together (a request larger than the budget runs alone).
@@ -100,18 +112,30 @@ def sample(
     """
     if guidance < 1.0:
         raise ValueError(f"guidance scale must be >= 1, got {guidance}")
+    lo, hi = guidance_interval
+    if not (0.0 <= lo <= hi <= 1.0):
+        raise ValueError(f"guidance_interval must satisfy 0 <= lo <= hi <= 1, got {guidance_interval}")
+    if skip_guidance < 0:
+        raise ValueError(f"skip_guidance must be >= 0, got {skip_guidance}")
+    if skip_guidance > 0:
+        depth = int(model.config.depth)
+        if not skip_blocks or not all(0 <= int(b) < depth for b in skip_blocks):
+            raise ValueError(
+                f"skip_guidance needs skip_blocks, block indices in 0..{depth - 1}; got {list(skip_blocks)}"
+            )
     if not requests:
         return []
     flow_cfg = flow_cfg or FlowConfig()
     patch = tuple(model.config.patch)
     guided = guidance != 1.0
-    costs = [request_tokens(r, patch, guided) for r in requests]
+    costs = [request_tokens(r, patch, guided, skip_guidance > 0) for r in requests]
     budget = max([token_budget or sum(costs), *costs])
     out: list[torch.Tensor | None] = [None] * len(requests)
     for group in plan_rows(costs, budget):
         group = sorted(group)
         results = _denoise_group(
-            model, [requests[i] for i in group], steps, sampler, guidance, flow_cfg, device, dtype, progress
+            model, [requests[i] for i in group], steps, sampler, guidance, flow_cfg, device, dtype, progress,
+            (lo, hi), skip_guidance, frozenset(int(b) for b in skip_blocks),
         )
         for i, z in zip(group, results):
             out[i] = z
@@ -128,6 +152,9 @@ def _denoise_group(
     device: str | torch.device,
     dtype: torch.dtype,
     progress: bool,
+    interval: tuple[float, float] = (0.0, 1.0),
+    skip_guidance: float = 0.0,
+    skip_set: frozenset[int] = frozenset(),
 ) -> list[torch.Tensor]:
     """Run the whole denoising loop for requests that share every forward pass."""
     patch = tuple(model.config.patch)
@@ -147,25 +174,40 @@ def _denoise_group(
         active = [i for i, s in enumerate(scheds) if step < len(s.timesteps)]
         timesteps = [scheds[i].timesteps[step] for i in active]
         t = [float(scheds[i].sigmas[step]) for i in active]  # the sigma this call is evaluated at
-        xs, ts, es = [], [], []
-        for i, t_i in zip(active, t):
-            xs.append(latents[i].to(dtype))
-            ts.append(t_i)
-            es.append(texts[i])
-            if guided:
+        inside = [interval[0] <= t_i <= interval[1] for t_i in t]  # per active request
+        guide = [guided and g for g in inside]
+        skipg = [skip_guidance > 0 and g for g in inside]
+        xs, ts, es, skips = [], [], [], []
+        for i, t_i, g, sg in zip(active, t, guide, skipg):
+            passes = [(texts[i], frozenset())]
+            if g:
+                passes.append((uncond[i], frozenset()))
+            if sg:
+                passes.append((texts[i], skip_set))
+            for text, skip in passes:
                 xs.append(latents[i].to(dtype))
                 ts.append(t_i)
-                es.append(uncond[i])
-        preds = model.forward_samples(xs, torch.tensor(ts, device=device, dtype=torch.float32), es)
+                es.append(text)
+                skips.append(skip)
+        tt = torch.tensor(ts, device=device, dtype=torch.float32)
+        if any(skips):
+            preds = model.forward_samples(xs, tt, es, skip_blocks=skips)
+        else:
+            preds = model.forward_samples(xs, tt, es)
         if prediction != "velocity":
             preds = [to_velocity(p.float(), x.float(), t_i, prediction, t_floor=1e-6)
                      for p, x, t_i in zip(preds, xs, ts)]
-        for j, (i, timestep) in enumerate(zip(active, timesteps)):
-            if guided:
-                cond, unc = preds[2 * j].float(), preds[2 * j + 1].float()
-                v = unc + guidance * (cond - unc)
-            else:
-                v = preds[j].float()
+        k = 0  # index into preds
+        for i, timestep, g, sg in zip(active, timesteps, guide, skipg):
+            cond = preds[k].float()
+            k += 1
+            v = cond
+            if g:
+                v = preds[k].float() + guidance * (cond - preds[k].float())
+                k += 1
+            if sg:
+                v = v + skip_guidance * (cond - preds[k].float())
+                k += 1
             x = scheds[i].step(v[None], timestep, latents[i][None], return_dict=False)[0]  # (1, C, T, h, w)
             latents[i] = x[0]
         bar.update(1)
