@@ -85,6 +85,8 @@ def _bad_inputs(tmp_path: Path) -> dict[str, list[str]]:
         "cfg interval reversed": ["--prompt", "a", "--cfg-interval", "0.8,0.2"],
         "cfg interval one number": ["--prompt", "a", "--cfg-interval", "0.5"],
         "cfg interval above 1": ["--prompt", "a", "--cfg-interval", "0,2"],
+        "skip guidance -1": ["--prompt", "a", "--skip-guidance", "-1"],
+        "skip blocks text": ["--prompt", "a", "--skip-blocks", "two"],
         "sampler": ["--prompt", "a", "--sampler", "ddim"],
         "missing ckpt": ["--prompt", "a", "--ckpt", str(tmp_path / "no_ckpt")],
         "missing vae": ["--prompt", "a", "--vae", str(tmp_path / "no_vae")],
@@ -138,6 +140,10 @@ def test_sampling_defaults_take_the_checkpoint_interval_unless_the_flag_is_given
     args = generate.build_parser().parse_args(["--prompt", "a"])
     generate.apply_sampling_defaults(args, {})
     assert generate.parse_cfg_interval(args.cfg_interval) == (0.0, 1.0)
+    assert (args.skip_guidance, generate.parse_blocks(args.skip_blocks)) == (0.0, ())
+    args = generate.build_parser().parse_args(["--prompt", "a"])
+    generate.apply_sampling_defaults(args, {"skip_guidance": 1.5, "skip_blocks": [3, 1]})
+    assert (args.skip_guidance, generate.parse_blocks(args.skip_blocks)) == (1.5, (3, 1))
 
 
 def test_extent_notes_name_requests_beyond_the_trained_latent():

@@ -56,11 +56,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sampler", default="euler")
     p.add_argument("--cfg-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
                    help="noise levels (sigma) between which guidance applies (generate.py --cfg-interval)")
+    p.add_argument("--skip-guidance", type=float, default=0.0, help="generate.py --skip-guidance (0 = off)")
+    p.add_argument("--skip-blocks", type=int, nargs="*", default=[], help="generate.py --skip-blocks")
     args = p.parse_args(argv)
+    if args.skip_guidance < 0 or (args.skip_guidance > 0 and not args.skip_blocks):
+        p.error("--skip-guidance must be >= 0, and > 0 needs --skip-blocks")
     lo, hi = args.cfg_interval
     if not (0.0 <= lo <= hi <= 1.0):
         p.error(f"--cfg-interval must satisfy 0 <= LO <= HI <= 1, got {lo} {hi}")
-    sampling = {"steps": args.steps, "cfg": args.cfg, "sampler": args.sampler, "cfg_interval": [lo, hi]}
+    sampling = {"steps": args.steps, "cfg": args.cfg, "sampler": args.sampler, "cfg_interval": [lo, hi],
+                "skip_guidance": args.skip_guidance, "skip_blocks": list(args.skip_blocks)}
     dit_out, vae_out = export_default(args.dit, args.vae, sampling)
     size = sum(f.stat().st_size for d in (dit_out, vae_out) for f in d.iterdir())
     print(f"wrote {dit_out} and {vae_out} ({size / 2**20:.1f} MiB)")
