@@ -317,7 +317,9 @@ def init_weights(model: VideoDiT, folder: str, block_map: tuple[int, ...] = ()) 
     """Copy a `save_dit` folder's weights into `model` (same shapes); zero the head if `prediction` differs.
     A `token_skip` the source lacks is added (zero: the model starts as the source). A source with another
     patch size gives the transformer body (blocks, timestep and text embedders, adaLN of the head); the patch
-    embedding and output projection, whose shapes follow the patch, keep their fresh init (output zero)."""
+    embedding and output projection, whose shapes follow the patch, keep their fresh init (output zero).
+    `block_map` (train.init_block_map) places a shallower source's blocks into a deeper model; the other
+    blocks stay at their identity init."""
     from videodit.checkpoint import load_dit
 
     source, _ = load_dit(folder)

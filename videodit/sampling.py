@@ -121,7 +121,8 @@ def sample(
         depth = int(model.config.depth)
         if not skip_blocks or not all(0 <= int(b) < depth for b in skip_blocks):
             raise ValueError(
-                f"skip_guidance needs skip_blocks, block indices in 0..{depth - 1}; got {list(skip_blocks)}"
+                f"skip_guidance > 0 needs skip_blocks (generate.py --skip-blocks), DiT block indices in "
+                f"0..{depth - 1}; got {list(skip_blocks)}"
             )
     if not requests:
         return []
