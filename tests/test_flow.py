@@ -1,5 +1,6 @@
 """Rectified-flow objective: shift schedule, timestep sampling, loss against a hand computation."""
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -10,6 +11,7 @@ from videodit.flow import (
     X0_T_FLOOR,
     FlowConfig,
     flow_loss,
+    focus_weights,
     interpolate,
     sample_timesteps,
     shift_mu,
@@ -331,5 +333,46 @@ def test_flow_loss_pixel_term_decodes_the_x0_prediction_of_chosen_samples():
     with pytest.raises(ValueError, match="token drop"):
         flow_loss(X0Oracle(wrong), lat, txt, pixel, gen(2), 0.5, pixel_decoder=decoder)
     for bad in ({"pixel_weight": -1.0}, {"pixel_max_t": 0.0}, {"pixel_samples": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            FlowConfig(**bad)
+
+
+def test_focus_weights_mark_the_object_and_its_surroundings():
+    clip = torch.full((1, 3, 2, 12, 16), -0.8)  # background
+    clip[:, 0, :, 4:6, 5:8] = 0.9  # a red object, rows 4-5, columns 5-7, in both frames
+    clip[:, 1, 1, 0, 0] = -0.7  # a faint speck below the threshold
+    w = focus_weights(clip, focus=9.0, threshold=0.15, radius=2)
+    assert w.shape == (1, 1, 2, 12, 16)
+    expected = torch.ones(12, 16)
+    expected[2:8, 3:10] = 10.0  # the object dilated by 2 pixels
+    for f in range(2):
+        torch.testing.assert_close(w[0, 0, f], expected)
+    torch.testing.assert_close(focus_weights(clip, 9.0, 0.15, 0)[0, 0, 0, 4:6, 5:8], torch.full((2, 3), 10.0))
+    assert focus_weights(clip, 9.0, 0.15, 0).sum().item() == pytest.approx(2 * (192 - 6 + 60))
+
+
+def test_pixel_focus_weighs_errors_on_the_object():
+    # one clean latent whose "decoded" frame (the identity decoder on 3 channels) has an object in the corner
+    lat = torch.full((3, 1, 4, 4), -0.5)
+    lat[0, 0, :2, :2] = 0.5  # the object: 4 of 16 pixels, radius 0 keeps it exact
+    txt = [torch.randn(2, 8)]
+    obj_err, bg_err = lat.clone(), lat.clone()
+    obj_err[:, :, :2, :2] += 0.1  # error only on the object
+    bg_err[:, :, 2:, 2:] += 0.1  # the same error on 4 background pixels
+    cfg = FlowConfig(logit_mean=-3.0, text_drop_prob=0.0, pixel_weight=1.0, pixel_focus=3.0, focus_radius=0)
+
+    def term(pred, c):
+        latent_only, _ = flow_loss(X0Oracle([pred]), [lat], txt, dataclasses.replace(c, pixel_weight=0.0),
+                                   torch.Generator().manual_seed(0))
+        total, _ = flow_loss(X0Oracle([pred]), [lat], txt, c, torch.Generator().manual_seed(0),
+                             pixel_decoder=lambda z: z)
+        return total.item() - latent_only.item()
+
+    # weights: 4 object pixels x 4, 12 background x 1 -> sum 28 per channel
+    assert term(obj_err, cfg) == pytest.approx(4 * 4 * 0.01 / 28, rel=1e-3)
+    assert term(bg_err, cfg) == pytest.approx(4 * 0.01 / 28, rel=1e-3)
+    plain = dataclasses.replace(cfg, pixel_focus=0.0)
+    assert term(obj_err, plain) == pytest.approx(term(bg_err, plain), rel=1e-4)
+    for bad in ({"pixel_focus": -1.0}, {"focus_threshold": 0.0}, {"focus_radius": -1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             FlowConfig(**bad)
