@@ -119,3 +119,20 @@ def test_deepspeed_two_ranks_trains_and_resumes(tmp_path):
     launch(3)
     lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3]
+
+
+def test_encoder_finetune_keeps_decoder(tmp_path):
+    run(tmp_path / "base", "steps=2", "save_every=0")
+    base = load_vae(tmp_path / "base" / "final")
+    run(tmp_path / "ft", "steps=3", "save_every=0", f"init_from={tmp_path / 'base' / 'final'}",
+        "freeze_decoder=true")
+    tuned = load_vae(tmp_path / "ft" / "final")
+    for (name, a), b in zip(base.decoder.state_dict().items(), tuned.decoder.state_dict().values()):
+        assert torch.equal(a, b), name
+    changed = [not torch.equal(a, b) for a, b in zip(base.encoder.parameters(), tuned.encoder.parameters())]
+    assert all(changed)
+    with pytest.raises(ValueError, match="freeze_decoder needs init_from"):
+        run(tmp_path / "a", "steps=1", "freeze_decoder=true")
+    with pytest.raises(ValueError, match="nothing to train"):
+        run(tmp_path / "b", "steps=1", "freeze_decoder=true", "freeze_encoder=true",
+            f"init_from={tmp_path / 'base' / 'final'}")
