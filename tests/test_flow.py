@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from vae3d.losses import focus_weights
 from videodit.flow import (
     X0_T_FLOOR,
     FlowConfig,
     flow_loss,
-    focus_weights,
     interpolate,
     sample_timesteps,
     shift_mu,

@@ -261,3 +261,27 @@ def test_decode_coarse_is_the_decoder_without_its_pixel_refiner_and_differentiab
     conv = tiny().eval()  # the conv decoder has no refiner: decode_coarse is the whole decoder
     zc = torch.randn(1, conv.latent_channels, 2, 2, 2)
     torch.testing.assert_close(conv.decode_coarse(zc), conv.decode(zc), atol=1e-5, rtol=1e-5)
+
+
+def test_focused_mse_weighs_the_object():
+    from vae3d.losses import VAELossConfig, vae_loss
+
+    video = torch.full((1, 3, 2, 8, 8), -0.5)
+    video[:, 0, :, :2, :2] = 0.5  # the object: 4 of 64 pixels a frame
+    mean, logvar = torch.zeros(1, 4, 1, 1, 1), torch.zeros(1, 4, 1, 1, 1)
+    on_obj, on_bg = video.clone(), video.clone()
+    on_obj[:, :, :, :2, :2] += 0.1
+    on_bg[:, :, :, 6:, 6:] += 0.1
+    cfg = VAELossConfig(l1_weight=0.0, ssim_weight=0.0, kl_weight=0.0, mse_weight=1.0, focus=3.0,
+                        focus_radius=0)
+    _, a = vae_loss(on_obj, video, mean, logvar, cfg)
+    _, b = vae_loss(on_bg, video, mean, logvar, cfg)
+    # weights per frame: 4 object pixels x 4, 60 background x 1 -> 76
+    assert a["mse"] == pytest.approx(4 * 4 * 0.01 / 76, rel=1e-4)
+    assert b["mse"] == pytest.approx(4 * 0.01 / 76, rel=1e-4)
+    plain = VAELossConfig(l1_weight=0.0, ssim_weight=0.0, kl_weight=0.0, mse_weight=1.0)
+    assert vae_loss(on_obj, video, mean, logvar, plain)[1]["mse"] == pytest.approx(0.01 * 4 / 64, rel=1e-4)
+    with pytest.raises(ValueError, match="mse_weight"):
+        VAELossConfig(mse_weight=0.0, focus=1.0)
+    with pytest.raises(ValueError, match="focus"):
+        VAELossConfig(mse_weight=1.0, focus=-1.0)

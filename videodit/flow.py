@@ -37,8 +37,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from vae3d.losses import focus_weights
 from videodit.packing import num_tokens, pack, pack_like, unpack
 
 
@@ -293,13 +293,3 @@ def pixel_term(packed, x0_pred: torch.Tensor, latents: Sequence[torch.Tensor], t
             errs.append(sq.mean())
     return torch.stack(errs).mean()
 
-
-def focus_weights(frames: torch.Tensor, focus: float, threshold: float, radius: int) -> torch.Tensor:
-    """Pixel weights (B, 1, F, H, W) of clips (B, 3, F, H, W): 1 + focus on pixels within `radius` of one
-    that differs from its clip's median colour by more than `threshold` in some channel, else 1."""
-    background = frames.flatten(2).median(dim=2).values[:, :, None, None, None]  # (B, 3, 1, 1, 1)
-    mask = ((frames - background).abs().amax(dim=1, keepdim=True) > threshold).float()  # (B, 1, F, H, W)
-    if radius > 0:
-        k = 2 * radius + 1
-        mask = F.max_pool3d(mask, (1, k, k), stride=1, padding=(0, radius, radius))
-    return 1.0 + focus * mask
