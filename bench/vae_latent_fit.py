@@ -22,6 +22,7 @@ import torch
 from bench.vae_shape import PATHS
 from data.synthetic import ClipSpec, render_clip
 from vae3d.io import load_vae
+from vae3d.losses import psnr
 from videodit.eval import analyse_clip
 
 CASES = [("red", "black", "down"), ("white", "navy", "right"), ("yellow", "dark gray", "down"),
@@ -31,10 +32,6 @@ CASES = [("red", "black", "down"), ("white", "navy", "right"), ("yellow", "dark 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
     """(1, 3, F, H, W) in [-1, 1] -> uint8 (F, H, W, 3)."""
     return ((video[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(10 * np.log10(4.0 / (a - b).pow(2).mean().item()))  # peak-to-peak 2 in [-1, 1]
 
 
 def fit_latent(vae, x: torch.Tensor, steps: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"colour": colour, "background": background, "motion": motion,
                           "fill_encoded": a0["fill"], "fill_fitted": a1["fill"],
                           "read_encoded": a0["shape"], "read_fitted": a1["shape"],
-                          "psnr_encoded": round(psnr(r0, x), 2), "psnr_fitted": round(psnr(r1, x), 2),
+                          "psnr_encoded": round(psnr(r0, x).item(), 2),
+                          "psnr_fitted": round(psnr(r1, x).item(), 2),
                           "latent_moved": round(((z - z0).norm() / z0.norm()).item(), 3),
                           "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
     print(json.dumps({"summary": True, "vae": args.vae, "steps": args.steps, "lr": args.lr,

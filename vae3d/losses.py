@@ -59,6 +59,16 @@ def focus_weights(frames: torch.Tensor, focus: float, threshold: float, radius: 
     return 1.0 + focus * mask
 
 
+def focused_mse(pred: torch.Tensor, target: torch.Tensor, focus: float, threshold: float,
+                radius: int) -> torch.Tensor:
+    """MSE of clips (B, 3, F, H, W), weighted by `focus_weights(target, ...)` when focus > 0."""
+    sq = (pred - target).pow(2)
+    if focus <= 0:
+        return sq.mean()
+    w = focus_weights(target, focus, threshold, radius)  # (B, 1, F, H, W)
+    return (sq * w).sum() / (w.sum() * sq.shape[1])
+
+
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Mean over elements of KL(N(mean, exp(logvar)) || N(0, 1))."""
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
@@ -129,12 +139,7 @@ def vae_loss(recon: torch.Tensor, video: torch.Tensor, mean: torch.Tensor, logva
     loss = cfg.l1_weight * l1 + cfg.kl_weight * kl + cfg.ssim_weight * (1 - s)
     logs = {"l1": l1.item(), "kl": kl.item(), "ssim": s.item()}
     if cfg.mse_weight > 0:
-        sq = (recon - video).pow(2)  # (B, C, F, H, W)
-        if cfg.focus > 0:
-            w = focus_weights(video, cfg.focus, cfg.focus_threshold, cfg.focus_radius)  # (B, 1, F, H, W)
-            mse = (sq * w).sum() / (w.sum() * sq.shape[1])
-        else:
-            mse = sq.mean()
+        mse = focused_mse(recon, video, cfg.focus, cfg.focus_threshold, cfg.focus_radius)
         loss = loss + cfg.mse_weight * mse
         logs["mse"] = mse.item()
     if disc is not None:

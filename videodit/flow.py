@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vae3d.losses import focus_weights
+from vae3d.losses import focused_mse
 from videodit.packing import num_tokens, pack, pack_like, unpack
 
 
@@ -285,11 +285,6 @@ def pixel_term(packed, x0_pred: torch.Tensor, latents: Sequence[torch.Tensor], t
     for i in chosen:
         with torch.no_grad():
             target = decoder(latents[i][None].to(x0_pred))  # (1, 3, F, H, W)
-        sq = (decoder(per_clip[i][None]) - target).pow(2)  # (1, 3, F, H, W)
-        if cfg.pixel_focus > 0:
-            w = focus_weights(target, cfg.pixel_focus, cfg.focus_threshold, cfg.focus_radius)
-            errs.append((sq * w).sum() / (w.sum() * sq.shape[1]))
-        else:
-            errs.append(sq.mean())
+        errs.append(focused_mse(decoder(per_clip[i][None]), target, cfg.pixel_focus, cfg.focus_threshold,
+                                cfg.focus_radius))
     return torch.stack(errs).mean()
-
