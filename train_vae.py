@@ -46,10 +46,17 @@ class VAEDataConfig:
     max_frames: int = 17  # clip length cap (frames); the VAE pads to 1 + k * ts itself
     max_tokens: int = 256  # NaViT resolution sampling budget (in 2x2 latent patches) per clip
     image_fraction: float = 0.25  # share of samples trained as single images (first frame only)
+    # (DiT latent, clip) pairs from `python -m data.dit_pairs`: with probability pair_fraction a sample is a
+    # pair, and the decoder is trained to turn the DiT's latent into the clip (needs freeze_encoder: the
+    # pairs live in the frozen encoder's latent space). The rest are ordinary encoded clips.
+    pairs: str = ""
+    pair_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.image_fraction <= 1.0:
             raise ValueError(f"data.image_fraction must be in [0, 1], got {self.image_fraction}")
+        if not 0.0 <= self.pair_fraction <= 1.0:
+            raise ValueError(f"data.pair_fraction must be in [0, 1], got {self.pair_fraction}")
         if self.synthetic_clips < 1:
             raise ValueError(f"data.synthetic_clips must be >= 1, got {self.synthetic_clips}")
 
@@ -87,6 +94,9 @@ class VAETrainConfig:
             raise ValueError("freeze_decoder needs init_from: a trained VAE (its decoder is kept)")
         if self.freeze_encoder and self.freeze_decoder:
             raise ValueError("freeze_encoder and freeze_decoder together leave nothing to train")
+        if self.data.pairs and not self.freeze_encoder:
+            raise ValueError("data.pairs trains the decoder on DiT latents of the frozen encoder's space: it "
+                             "needs freeze_encoder (and init_from the VAE the pairs were made with)")
 
 
 # ------------------------------------------------------------------ data
@@ -123,6 +133,13 @@ def render_world_if_needed(cfg: VAETrainConfig, rank: int) -> None:
     render_dataset(Path(cfg.out_dir) / "world", d.synthetic_clips, seed=cfg.seed, num_heldout=1,
                    min_size=d.synthetic_min_size, max_size=d.synthetic_max_size,
                    min_frames=min(9, max_frames), max_frames=max_frames)
+
+
+def pair_sample(pairs: list[dict], rng: random.Random, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random (clip (1, 3, F, H, W) in [-1, 1], DiT latent (1, C, T, h, w) normalised) pair."""
+    item = pairs[rng.randrange(len(pairs))]
+    video = item["frames"].permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    return video.to(device), item["latent"][None].float().to(device)
 
 
 def as_sample(video: torch.Tensor, rng: random.Random, image_fraction: float, device) -> torch.Tensor:
@@ -261,6 +278,14 @@ def main(argv=None) -> list[dict]:
         log.info("VAE %.2fM parameters, world size %d, %s", sum(p.numel() for p in model.parameters()) / 1e6,
                  world, "deepspeed" if use_ds else "plain torch")
     clips = clip_stream(cfg, rank, world)
+    pairs = []
+    if cfg.data.pairs:
+        from data.dit_pairs import load_pairs
+
+        pairs = load_pairs(cfg.data.pairs)
+        if rank == 0:
+            log.info("%d DiT latent pairs from %s, %.0f%% of samples", len(pairs), cfg.data.pairs,
+                     100 * cfg.data.pair_fraction)
     rng = random.Random(f"vae-{cfg.seed}-{rank}-{step}")
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank + step)
     records, accum, t0 = [], cfg.deepspeed.grad_accum, time.time()
@@ -269,8 +294,12 @@ def main(argv=None) -> list[dict]:
         gan_on = disc is not None and step >= cfg.loss.gan_start
         logs_sum: dict[str, float] = {}
         for _ in range(accum):
-            video = as_sample(next(clips), rng, cfg.data.image_fraction, device)
-            recon, mean, logvar = (engine or model)(video, generator=gen)
+            latent = None
+            if pairs and rng.random() < cfg.data.pair_fraction:
+                video, latent = pair_sample(pairs, rng, device)
+            else:
+                video = as_sample(next(clips), rng, cfg.data.image_fraction, device)
+            recon, mean, logvar = (engine or model)(video, generator=gen, latent=latent)
             loss, logs = vae_loss(recon, video, mean, logvar, cfg.loss, disc if gan_on else None)
             logs["psnr"] = psnr(recon.detach().clamp(-1, 1), video).item()
             if engine is not None:

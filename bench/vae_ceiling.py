@@ -3,10 +3,11 @@
     python -m bench.vae_ceiling [--vae default] [--prompts P.jsonl] [--num 96] [--seeds 1000 2000]
 
 For each prompt ({"caption", colour, shape, motion, background, heldout} a line, as `data.synthetic`
-writes; from a file the first --num/2 held-out and first --num/2 other lines, the evaluation's choice;
-default: `eval_prompts(--num)`) and each seed base, renders the prompt's ground truth with the world's
-own sampler (17 frames, 128x128, rng seed base + line index), encodes and decodes it with the VAE,
-writes and reads it back as mp4 (the codec generated clips go through), and scores ground truth and
+writes; the first --num/2 held-out and first --num/2 other lines, the evaluation's choice; default:
+the README's evaluation set, `data.synthetic.load_eval_prompts`) and each seed base, renders the
+prompt's ground truth with the world's own sampler (17 frames, 128x128, rng seed base + line index),
+encodes and decodes it with the VAE, writes and reads it back as mp4 (the codec generated clips go
+through), and scores ground truth and
 reconstruction with `videodit.eval.score_clips`. A DiT whose latents matched the VAE's exactly would
 score the reconstruction's figures, so they bound what a generator on this VAE can reach. Prints one
 JSON line per (shape, motion) with how many reconstructions read the right shape, then one summary line
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.vae_shape import reconstruct
-from data.synthetic import eval_prompts, render_clip, sample_spec
+from data.synthetic import load_eval_prompts, render_clip, sample_spec
 from vae3d.io import load_vae
 from videodit.eval import score_clips
 from videodit.mp4 import read_mp4, write_mp4
@@ -33,18 +34,13 @@ from videodit.mp4 import read_mp4, write_mp4
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vae", default="default")
-    ap.add_argument("--prompts", type=Path, help="prompts JSONL (default: data.synthetic.eval_prompts)")
+    ap.add_argument("--prompts", type=Path, help="prompts JSONL (default: the README's evaluation set)")
     ap.add_argument("--num", type=int, default=96, help="number of prompts (half held-out)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1000], help="seed bases, one clip set each")
     ap.add_argument("--frames", type=int, default=17)
     ap.add_argument("--res", type=int, nargs=2, default=(128, 128), metavar=("H", "W"))
     args = ap.parse_args(argv)
-    if args.prompts is not None:
-        lines = [json.loads(line) for line in args.prompts.read_text().splitlines() if line.strip()]
-        rows = ([r for r in lines if r["heldout"]][: args.num // 2]
-                + [r for r in lines if not r["heldout"]][: args.num - args.num // 2])
-    else:
-        rows = eval_prompts(args.num)
+    rows = load_eval_prompts(args.prompts, args.num)
     vae = load_vae(args.vae).eval()
     gt, rec = [], []
     with tempfile.TemporaryDirectory() as tmp:

@@ -209,6 +209,27 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+# The evaluation set behind the README's figures: the prompts that `python -m data.synthetic --seed 2
+# --prompts 256` writes (runs/world_dit2/prompts.jsonl = eval_prompts(256, seed=2 + 1234)), of which the
+# first 48 held-out and the first 48 others are used.
+EVAL_POOL, EVAL_SEED = 256, 1236
+
+
+def select_eval_prompts(rows: list[dict], num: int) -> list[dict]:
+    """The evaluation's choice from prompt rows: the first num // 2 held-out, then the first others."""
+    held = [r for r in rows if r["heldout"]][: num // 2]
+    return held + [r for r in rows if not r["heldout"]][: num - num // 2]
+
+
+def load_eval_prompts(path: str | Path | None = None, num: int = 96) -> list[dict]:
+    """`num` evaluation prompts from a prompts JSONL (None: the README's set, regenerated)."""
+    if path is None:
+        rows = eval_prompts(EVAL_POOL, seed=EVAL_SEED)
+    else:
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return select_eval_prompts(rows, num)
+
+
 def eval_prompts(num: int, seed: int = 1234, heldout_fraction: float = 0.5) -> list[dict]:
     """Fresh evaluation prompts -> [{"caption", colour, shape, motion, background, "heldout"}].
 

@@ -298,3 +298,45 @@ def test_skip_layer_guidance_adds_scaled_difference_to_the_weakened_pass():
                    {"skip_guidance": 1.0, "skip_blocks": (2,)}):
         with pytest.raises(ValueError, match="skip"):
             sample(model, [req], steps=2, progress=False, **kwargs)
+
+
+def _flow_from(x_t: torch.Tensor, t: float, m: float) -> torch.Tensor:
+    """Exact ODE map of the Gaussian world from x_t at time t to t=0."""
+    return m + (x_t - (1 - t) * m) * A / ((1 - t) ** 2 * A**2 + t**2) ** 0.5
+
+
+@pytest.mark.parametrize("sampler,steps,tol", [("euler", 400, 2e-2), ("heun", 40, 2e-3), ("unipc", 60, 1e-2)])
+def test_sdedit_start_noises_init_to_its_sigma_and_solves_the_flow_from_there(sampler, steps, tol):
+    """A request with `init` and strength s starts at the first sigma <= s, at (1 - s0) init + s0 noise,
+    and runs only the steps from there; strength 1 ignores init."""
+    req = Request((2, 4, 4), _text(0.4), seed=5)
+    init = torch.randn(C, *req.size, generator=torch.Generator().manual_seed(9)) * 2 + 1
+    model = GaussianModel()
+    part = Request(req.size, req.text, seed=5, init=init, strength=0.5)
+    z = sample(model, [part], steps=steps, sampler=sampler, guidance=1.0, progress=False)[0]
+    sched = make_scheduler(sampler, _shift(req), steps)
+    sig = [float(s) for s in sched.sigmas[: len(sched.timesteps)]]
+    k = next(i for i, s in enumerate(sig) if s <= 0.5 and (sampler != "heun" or i % 2 == 0))
+    assert len(model.calls) == len(sig) - k  # only the calls from the start sigma on
+    s0 = sig[k]
+    x_start = (1 - s0) * init + s0 * initial_noise(C, req.size, 5)
+    exact = _flow_from(x_start, s0, text_mean(req.text))
+    assert (z - exact).abs().max().item() < tol
+    full = sample(GaussianModel(), [req], steps=8, guidance=1.0, progress=False)[0]
+    same = sample(GaussianModel(), [Request(req.size, req.text, seed=5, init=init, strength=1.0)], steps=8,
+                  guidance=1.0, progress=False)[0]
+    torch.testing.assert_close(full, same, rtol=0, atol=0)
+
+
+def test_sdedit_requests_pack_with_plain_ones_and_bad_init_is_refused():
+    init = torch.zeros(C, 2, 4, 4)
+    reqs = [Request((2, 4, 4), _text(0.3), seed=1, init=init, strength=0.3),
+            Request((1, 2, 2), _text(-0.2), seed=2)]
+    together = sample(GaussianModel(), reqs, steps=10, guidance=3.0, progress=False)
+    alone = [sample(GaussianModel(), [r], steps=10, guidance=3.0, progress=False)[0] for r in reqs]
+    for z, y in zip(together, alone):
+        torch.testing.assert_close(z, y, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="strength"):
+        Request((2, 4, 4), _text(0), init=init, strength=0.0)
+    with pytest.raises(ValueError, match="init latent"):
+        Request((3, 4, 4), _text(0), init=init, strength=0.5)

@@ -136,3 +136,46 @@ def test_encoder_finetune_keeps_decoder(tmp_path):
     with pytest.raises(ValueError, match="nothing to train"):
         run(tmp_path / "b", "steps=1", "freeze_decoder=true", "freeze_encoder=true",
             f"init_from={tmp_path / 'base' / 'final'}")
+
+
+def test_decoder_learns_from_dit_latent_pairs(tmp_path):
+    """data.pairs: samples are (latent, clip) pairs decoded without the encoder; the decoder learns to turn
+    a perturbed latent (a stand-in for the DiT's) back into its clip; the encoder and stats stay."""
+    run(tmp_path / "base", "steps=2", "save_every=0")
+    base = load_vae(tmp_path / "base" / "final")
+    gen = torch.Generator().manual_seed(0)
+    video = torch.rand(1, 3, 5, 32, 32, generator=gen) * 2 - 1
+    with torch.no_grad():
+        latent = base.encode(video)[0]
+    wrong = latent + 0.5 * torch.randn(latent.shape, generator=gen)  # what "the DiT" drew
+    frames = ((video[0].permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8)  # (F, H, W, 3)
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    torch.save([{"frames": frames, "latent": wrong.half(), "caption": "x", "strength": 0.5}],
+               folder / "pairs-00000.pt")
+    target = frames.permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+
+    def err(vae):
+        with torch.no_grad():
+            return (vae.decode(wrong.half().float()[None]) - target).pow(2).mean().item()
+
+    records = run(tmp_path / "ft", "steps=30", "save_every=0", f"init_from={tmp_path / 'base' / 'final'}",
+                  "freeze_encoder=true", "loss.mse_weight=1.0", f"data.pairs={folder}",
+                  "data.pair_fraction=1.0", "lr=0.01")
+    assert all(r["kl"] == 0 for r in records)  # every sample was a pair: no encoder in the loss
+    tuned = load_vae(tmp_path / "ft" / "final")
+    assert err(tuned) < 0.5 * err(base), (err(base), err(tuned))
+    for (name, a), b in zip(base.encoder.state_dict().items(), tuned.encoder.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(base.latent_scale, tuned.latent_scale)
+
+
+def test_pairs_need_a_frozen_encoder_and_a_valid_fraction(tmp_path):
+    with pytest.raises(ValueError, match="data.pairs .* needs freeze_encoder"):
+        run(tmp_path / "a", "steps=1", "data.pairs=somewhere")
+    with pytest.raises(ValueError, match="pair_fraction"):
+        run(tmp_path / "b", "steps=1", "data.pair_fraction=1.5")
+    run(tmp_path / "base", "steps=1", "save_every=0")
+    with pytest.raises(ValueError, match="no pairs-"):
+        run(tmp_path / "c", "steps=1", f"init_from={tmp_path / 'base' / 'final'}", "freeze_encoder=true",
+            f"data.pairs={tmp_path}")

@@ -364,9 +364,18 @@ class CausalVAE3D(nn.Module):
         return self.decoder(latent)[0]
 
     # ---- training ------------------------------------------------------------------------------------
-    def forward(self, video: torch.Tensor, sample: bool = True,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """video (B, 3, F, H, W) -> (recon (B, 3, F, H, W), mean, logvar (B, c, T, h, w)), unnormalised."""
+    def forward(self, video: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None,
+                latent: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """video (B, 3, F, H, W) -> (recon (B, 3, F, H, W), mean, logvar (B, c, T, h, w)), unnormalised.
+
+        With `latent` (B, c, T, h, w), normalised (a DiT's output), the decoder reconstructs `video` from it
+        instead of from the encoder; mean and logvar are then zeros (the KL term is 0).
+        """
+        if latent is not None:
+            self._check_latent(latent, video.shape[2])
+            z = self._denormalise(latent)
+            recon = torch.cat(list(self.decode_stream(z, video.shape[2], None, 0, normalised=False)), dim=2)
+            return recon, torch.zeros_like(z), torch.zeros_like(z)
         mean, logvar = self.encode_moments(video, tile=0)
         z = mean
         if sample:

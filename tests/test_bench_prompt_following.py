@@ -1,0 +1,47 @@
+"""bench.prompt_following: the evaluation prompts, seeds per line, latents kept and reused."""
+
+import json
+
+import torch
+
+from bench import prompt_following
+from data.synthetic import eval_prompts, load_eval_prompts, select_eval_prompts
+from vae3d.config import VAEConfig
+from vae3d.io import save_vae
+from vae3d.model import CausalVAE3D
+from videodit.checkpoint import save_dit
+from videodit.model import DiTConfig, VideoDiT
+
+
+def test_eval_prompts_are_the_first_held_out_then_the_first_seen(tmp_path):
+    rows = eval_prompts(40, seed=3)
+    chosen = select_eval_prompts(rows, 10)
+    assert chosen == [r for r in rows if r["heldout"]][:5] + [r for r in rows if not r["heldout"]][:5]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_eval_prompts(path, 10) == chosen
+    default = load_eval_prompts()
+    assert len(default) == 96 and sum(r["heldout"] for r in default) == 48 and default[0]["heldout"]
+
+
+def test_runs_on_a_tiny_checkpoint_and_reuses_kept_latents(tmp_path, capsys):
+    torch.manual_seed(0)
+    vae_dir = save_vae(CausalVAE3D(VAEConfig(latent_channels=4, base_channels=8, channel_mult=(1, 1, 1))),
+                       tmp_path / "vae")
+    dit = VideoDiT(DiTConfig(in_channels=4, text_dim=384, hidden_size=24, depth=1, num_heads=2))
+    meta = {"vae": str(vae_dir), "text_encoder": "default", "flow": {"max_tokens": 4096},
+            "sampling": {"steps": 2, "cfg": 2.0}}
+    ckpt = save_dit(dit, tmp_path / "dit", meta)
+    argv = ["--dit", str(ckpt), "--num", "4", "--seeds", "7", "--frames", "5", "--res", "16", "24",
+            "--latents", str(tmp_path / "lat"), "--out", str(tmp_path / "clips")]
+    first = prompt_following.main(argv)
+    kept = tmp_path / "lat" / "latents-7.pt"
+    latents = torch.load(kept, weights_only=True)
+    assert len(latents) == 4 and tuple(latents[0].shape) == (4, 2, 2, 3)
+    stamp = kept.stat().st_mtime_ns
+    second = prompt_following.main(argv)
+    assert kept.stat().st_mtime_ns == stamp and first == second  # same latents, same scores
+    assert first[-1]["clips"] == 4 and first[-1]["steps"] == 2 and first[-1]["cfg"] == 2.0
+    manifest = [json.loads(line) for line in (tmp_path / "clips" / "manifest.jsonl").read_text().splitlines()]
+    assert [m["path"] for m in manifest] == [f"7-{i:04d}.mp4" for i in range(4)]
+    assert all((tmp_path / "clips" / m["path"]).is_file() for m in manifest)
