@@ -51,6 +51,9 @@ class VAEDataConfig:
     # pairs live in the frozen encoder's latent space). The rest are ordinary encoded clips.
     pairs: str = ""
     pair_fraction: float = 0.5
+    # Clips whose latents are held where init_from's encoder puts them (`anchor_weight`): a second sample
+    # from here joins every step, reconstructed as usual and with its latent pulled to the old one.
+    anchor_manifest: str = ""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.image_fraction <= 1.0:
@@ -81,6 +84,11 @@ class VAETrainConfig:
     # again at the end). Fitted latents of moving squares decode sharper than the encoder's
     # (bench/vae_latent_fit.py): this asks whether the encoder can learn to find them.
     freeze_decoder: bool = False
+    # Fine-tune encoder and decoder while the latents of data.anchor_manifest's clips stay where init_from's
+    # encoder puts them: anchor_weight times their mean squared distance in normalised latent units joins
+    # the loss (the latent shift/scale are kept). A DiT trained on those clips' latents keeps working,
+    # while the rest of the data (natural images) may move to latents that reconstruct it better.
+    anchor_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.lr <= 0:
@@ -94,6 +102,14 @@ class VAETrainConfig:
             raise ValueError("freeze_decoder needs init_from: a trained VAE (its decoder is kept)")
         if self.freeze_encoder and self.freeze_decoder:
             raise ValueError("freeze_encoder and freeze_decoder together leave nothing to train")
+        if self.anchor_weight < 0:
+            raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
+        if self.anchor_weight > 0 and not (self.init_from and self.data.anchor_manifest):
+            raise ValueError("anchor_weight holds data.anchor_manifest's latents where init_from's encoder "
+                             "puts them: it needs both")
+        if self.anchor_weight > 0 and (self.freeze_encoder or self.stats_clips):
+            raise ValueError("anchor_weight fine-tunes the encoder under the kept latent stats: it needs "
+                             "freeze_encoder false and stats_clips 0")
         if self.data.pairs and not self.freeze_encoder:
             raise ValueError("data.pairs trains the decoder on DiT latents of the frozen encoder's space: it "
                              "needs freeze_encoder (and init_from the VAE the pairs were made with)")
@@ -102,12 +118,13 @@ class VAETrainConfig:
 # ------------------------------------------------------------------ data
 
 
-def clip_stream(cfg: VAETrainConfig, rank: int, world: int) -> Iterator[torch.Tensor]:
-    """Endless (3, F, H, W) clips in [-1, 1] from the data layer (data.dataset.VideoDataset)."""
+def clip_stream(cfg: VAETrainConfig, rank: int, world: int, manifest: str = "") -> Iterator[torch.Tensor]:
+    """Endless (3, F, H, W) clips in [-1, 1] from the data layer (data.dataset.VideoDataset), from `manifest`
+    (default: data.manifest)."""
     from data.dataset import VideoDataset
     from data.sampling import SamplingConfig
 
-    manifest = cfg.data.manifest or str(Path(cfg.out_dir) / "world" / "train.jsonl")
+    manifest = manifest or cfg.data.manifest or str(Path(cfg.out_dir) / "world" / "train.jsonl")
     sampling = SamplingConfig(temporal_stride=cfg.model.temporal_stride,
                               spatial_stride=cfg.model.spatial_stride,
                               min_tokens=min(64, cfg.data.max_tokens), max_tokens=cfg.data.max_tokens,
@@ -278,6 +295,10 @@ def main(argv=None) -> list[dict]:
         log.info("VAE %.2fM parameters, world size %d, %s", sum(p.numel() for p in model.parameters()) / 1e6,
                  world, "deepspeed" if use_ds else "plain torch")
     clips = clip_stream(cfg, rank, world)
+    anchor_clips = anchor_vae = None
+    if cfg.anchor_weight > 0:
+        anchor_clips = clip_stream(cfg, rank, world, cfg.data.anchor_manifest)
+        anchor_vae = load_vae(cfg.init_from).to(device).eval().requires_grad_(False)
     pairs = []
     if cfg.data.pairs:
         from data.dit_pairs import load_pairs
@@ -302,6 +323,17 @@ def main(argv=None) -> list[dict]:
             recon, mean, logvar = (engine or model)(video, generator=gen, latent=latent)
             loss, logs = vae_loss(recon, video, mean, logvar, cfg.loss, disc if gan_on else None)
             logs["psnr"] = psnr(recon.detach().clamp(-1, 1), video).item()
+            if anchor_clips is not None:
+                held = as_sample(next(anchor_clips), rng, cfg.data.image_fraction, device)
+                recon_a, mean_a, logvar_a = (engine or model)(held, generator=gen)
+                loss_a, _ = vae_loss(recon_a, held, mean_a, logvar_a, cfg.loss, None)
+                with torch.no_grad():
+                    old_mean, _ = anchor_vae.encode_moments(held, tile=0)
+                scale = anchor_vae.latent_scale.view(1, -1, 1, 1, 1)
+                drift = ((mean_a - old_mean) / scale).pow(2).mean()
+                loss = loss + loss_a + cfg.anchor_weight * drift
+                logs.update(anchor_drift=drift.item(),
+                            anchor_psnr=psnr(recon_a.detach().clamp(-1, 1), held).item())
             if engine is not None:
                 engine.backward(loss)
                 engine.step()

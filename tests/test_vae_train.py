@@ -179,3 +179,41 @@ def test_pairs_need_a_frozen_encoder_and_a_valid_fraction(tmp_path):
     with pytest.raises(ValueError, match="no pairs-"):
         run(tmp_path / "c", "steps=1", f"init_from={tmp_path / 'base' / 'final'}", "freeze_encoder=true",
             f"data.pairs={tmp_path}")
+
+
+def test_anchor_holds_the_anchor_clips_latents_while_the_encoder_trains(tmp_path):
+    """anchor_weight: encoder and decoder train, but the anchor clips' normalised latents stay near where
+    init_from's encoder put them, much nearer than in the same fine-tune without the anchor."""
+    run(tmp_path / "base", "steps=2", "save_every=0")
+    init = tmp_path / "base" / "final"
+    world = tmp_path / "base" / "world" / "train.jsonl"
+    base = load_vae(init)
+    common = ["steps=12", "save_every=0", "stats_clips=0", f"init_from={init}", "lr=0.01",
+              f"data.manifest={world}", f"data.anchor_manifest={world}"]
+    records = run(tmp_path / "held", *common, "anchor_weight=100")
+    assert all("anchor_drift" in r and "anchor_psnr" in r for r in records)
+    run(tmp_path / "free", *common)
+    held, free = load_vae(tmp_path / "held" / "final"), load_vae(tmp_path / "free" / "final")
+    changed = [not torch.equal(a, b) for a, b in zip(base.encoder.parameters(), held.encoder.parameters())]
+    assert any(changed)  # the encoder trained
+    from data.decode import decode_video
+    from data.manifest import read_manifest
+
+    clips = [torch.from_numpy(decode_video(e.path, num_frames=5)).permute(3, 0, 1, 2)[None].float()
+             / 127.5 - 1 for e in read_manifest(world)]
+
+    def drift(vae):
+        with torch.no_grad():
+            return sum((vae.encode(c) - base.encode(c)).pow(2).mean().item() for c in clips)
+
+    assert drift(held) < 0.3 * drift(free), (drift(held), drift(free))
+    assert torch.equal(held.latent_scale, base.latent_scale)  # stats kept
+
+
+def test_anchor_needs_init_a_manifest_and_a_trainable_encoder(tmp_path):
+    with pytest.raises(ValueError, match="needs both"):
+        run(tmp_path / "a", "steps=1", "anchor_weight=1", "stats_clips=0")
+    with pytest.raises(ValueError, match="freeze_encoder false and stats_clips 0"):
+        run(tmp_path / "b", "steps=1", "anchor_weight=1", "init_from=x", "data.anchor_manifest=y")
+    with pytest.raises(ValueError, match="anchor_weight must be >= 0"):
+        run(tmp_path / "c", "steps=1", "anchor_weight=-1")
