@@ -261,12 +261,15 @@ def main(argv=None) -> list[dict]:
             mine.update(refine_stages=init.config.refine_stages)
         if init.config.head_channels == 0:  # an output branch
             mine.update(head_channels=0)
+        if not init.config.linear_skip:  # linear paths (zero at first)
+            mine.update(linear_skip=False)
         if to_dict(init.config) != mine:
             raise ValueError(f"init_from {cfg.init_from}: its architecture {to_dict(init.config)} "
-                             f"differs from the config's model section {to_dict(cfg.model)} (a decoder "
-                             f"fine-tune may only add a refiner, refiner stages or an output branch)")
+                             f"differs from the config's model section {to_dict(cfg.model)} (a fine-tune may "
+                             f"only add a refiner, refiner stages, an output branch or linear paths)")
         missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
-        addable = ("decoder.refine.", "decoder.refine_more.", "decoder.head.")
+        addable = ("decoder.refine.", "decoder.refine_more.", "decoder.head.", "decoder.skip.",
+                   "encoder.skip.")
         if unexpected or any(not k.startswith(addable) for k in missing):
             raise ValueError(f"init_from {cfg.init_from}: weights do not fit (missing {missing}, "
                              f"unexpected {unexpected})")

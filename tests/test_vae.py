@@ -285,3 +285,36 @@ def test_focused_mse_weighs_the_object():
         VAELossConfig(mse_weight=0.0, focus=1.0)
     with pytest.raises(ValueError, match="focus"):
         VAELossConfig(mse_weight=1.0, focus=-1.0)
+
+
+def test_linear_skip_starts_at_zero_then_adds_exact_linear_maps_and_streams():
+    """model.linear_skip: loads a VAE without it and encodes/decodes exactly as that VAE; once live, the
+    encoder's mean gains W_e @ patch (first frame replicated, as the MLP sees it) and the decoder's output
+    W_d @ latent, and streaming still matches one pass."""
+    from einops import rearrange
+
+    torch.manual_seed(0)
+    base = tiny(arch="patch")
+    grown = tiny(arch="patch", linear_skip=True)
+    missing, unexpected = grown.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and sorted(missing) == ["decoder.skip.weight", "encoder.skip.weight"]
+    v = video(9, 32, 48)
+    with torch.no_grad():
+        z = base.encode(v)
+        torch.testing.assert_close(grown.encode(v), z, atol=0, rtol=0)
+        torch.testing.assert_close(grown.decode(z), base.decode(z), atol=0, rtol=0)
+        torch.nn.init.normal_(grown.encoder.skip.weight, std=0.02)
+        torch.nn.init.normal_(grown.decoder.skip.weight, std=0.1)
+        padded = torch.cat([v[:, :, :1].expand(-1, -1, 3, -1, -1), v], dim=2)  # ts = 4
+        patches = rearrange(padded, "b c (t pt) (h p1) (w p2) -> b (c pt p1 p2) t h w", pt=4, p1=8, p2=8)
+        w_e = grown.encoder.skip.weight[:, :, 0, 0, 0]  # (c, 3*4*8*8)
+        want = z + torch.einsum("ok,bkthw->bothw", w_e, patches) / grown.latent_scale.view(1, -1, 1, 1, 1)
+        torch.testing.assert_close(grown.encode(v), want, atol=1e-5, rtol=1e-5)
+        for chunk in (1, 4, 5):
+            streamed = grown.encode(v, chunk_frames=chunk)
+            torch.testing.assert_close(streamed, grown.encode(v), atol=1e-5, rtol=0)
+            torch.testing.assert_close(grown.decode(z, num_frames=9, chunk_frames=chunk),
+                                       grown.decode(z, num_frames=9), atol=1e-5, rtol=0)
+        assert (grown.decode(z) - base.decode(z)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="linear_skip"):
+        VAEConfig(arch="conv", linear_skip=True)

@@ -217,3 +217,12 @@ def test_anchor_needs_init_a_manifest_and_a_trainable_encoder(tmp_path):
         run(tmp_path / "b", "steps=1", "anchor_weight=1", "init_from=x", "data.anchor_manifest=y")
     with pytest.raises(ValueError, match="anchor_weight must be >= 0"):
         run(tmp_path / "c", "steps=1", "anchor_weight=-1")
+
+
+def test_fine_tune_can_add_linear_paths(tmp_path):
+    run(tmp_path / "base", "steps=2", "model.arch=patch", "save_every=0")
+    run(tmp_path / "ft", "model.arch=patch", "model.linear_skip=true", "steps=3", "save_every=0",
+        "stats_clips=0", f"init_from={tmp_path / 'base' / 'final'}")
+    tuned = load_vae(tmp_path / "ft" / "final")
+    assert tuned.config.linear_skip
+    assert tuned.encoder.skip.weight.abs().max() > 0 and tuned.decoder.skip.weight.abs().max() > 0

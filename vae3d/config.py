@@ -41,6 +41,11 @@ class VAEConfig:
     # a linear map of base_channels features. 0 = none. Measured: a 1024-wide branch fine-tuned 1000 steps
     # did not sharpen moving squares (BENCHMARKS.md, bench/vae_shape.py).
     head_channels: int = 0
+    # arch "patch": a linear path beside each MLP, patch -> latent mean in the encoder and latent -> patch in
+    # the decoder (zero at first, so a trained VAE can add it). The MLPs end in a per-position RMS norm, so
+    # their output depends on the direction of the feature vector only; a patch's contrast has to be coded in
+    # that direction. The linear path carries it directly, as PCA does.
+    linear_skip: bool = False
     norm_eps: float = 1e-6
     logvar_min: float = -30.0
     logvar_max: float = 20.0
@@ -85,6 +90,8 @@ class VAEConfig:
         if self.head_channels < 0 or (self.head_channels and self.arch != "patch"):
             raise ValueError(f"head_channels must be >= 0, and only arch 'patch' has the branch; got "
                              f"{self.head_channels} with arch {self.arch!r}")
+        if self.linear_skip and self.arch != "patch":
+            raise ValueError(f"linear_skip is a path of arch 'patch', got arch {self.arch!r}")
         if self.refine_stages < 1 or (self.refine_stages > 1 and not self.refine_channels):
             raise ValueError(f"refine_stages must be >= 1, and > 1 only with a refiner (refine_channels > 0);"
                              f" got {self.refine_stages} with refine_channels {self.refine_channels}")

@@ -123,6 +123,10 @@ class PatchEncoder(nn.Module):
         self.conv_out = nn.Conv3d(w, 2 * cfg.latent_channels, 1)
         with torch.no_grad():  # start nearly deterministic: unit posterior noise drowned the small initial
             self.conv_out.bias[cfg.latent_channels:].fill_(PATCH_LOGVAR_INIT)  # means and stalled training
+        self.skip = None
+        if cfg.linear_skip:  # patch -> latent mean, linear (see VAEConfig.linear_skip); zero at first
+            self.skip = nn.Conv3d(cfg.in_channels * self.ts * self.ss**2, cfg.latent_channels, 1, bias=False)
+            nn.init.zeros_(self.skip.weight)
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> tuple[torch.Tensor, dict]:
         if cache is None:
@@ -138,10 +142,15 @@ class PatchEncoder(nn.Module):
             return x.new_zeros(b, self.conv_out.out_channels, 0, h // self.ss, w // self.ss), new
         x = rearrange(x[:, :, : n * self.ts], "b c (t pt) (h p1) (w p2) -> b (c pt p1 p2) t h w",
                       pt=self.ts, p1=self.ss, p2=self.ss)
+        patches = x
         x = self.proj_mid(F.silu(self.proj_in(x)))
         for i, block in enumerate(self.blocks):
             x, new[f"res{i}"] = block(x, (cache or {}).get(f"res{i}"))
-        return self.conv_out(F.silu(self.norm_out(x))), new
+        moments = self.conv_out(F.silu(self.norm_out(x)))
+        if self.skip is not None:
+            mean, logvar = moments.chunk(2, dim=1)
+            moments = torch.cat([mean + self.skip(patches), logvar], dim=1)
+        return moments, new
 
 
 class PatchDecoder(nn.Module):
@@ -168,6 +177,10 @@ class PatchDecoder(nn.Module):
                                       nn.Conv3d(cfg.head_channels, self.proj_out.out_channels, 1))
             nn.init.zeros_(self.head[-1].weight)  # adds nothing at first: a trained decoder keeps its output
             nn.init.zeros_(self.head[-1].bias)
+        self.skip = None
+        if cfg.linear_skip:  # latent -> patch, linear (see VAEConfig.linear_skip); zero at first
+            self.skip = nn.Conv3d(cfg.latent_channels, self.proj_out.out_channels, 1, bias=False)
+            nn.init.zeros_(self.skip.weight)
         self.refine = None
         self.refine_more = nn.ModuleList()  # stages 2.. (stage 1 keeps the name "refine" of older weights)
         if cfg.refine_channels:
@@ -196,6 +209,8 @@ class PatchDecoder(nn.Module):
         x = self.proj_out(F.silu(self.proj_mid(h)))
         if self.head is not None:
             x = x + self.head(h)
+        if self.skip is not None:
+            x = x + self.skip(z)
         x = rearrange(x, "b (c pt p1 p2) t h w -> b c (t pt) (h p1) (w p2)",
                       pt=self.ts, p1=self.ss, p2=self.ss)
         if cache is None:
