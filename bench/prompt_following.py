@@ -36,6 +36,7 @@ def _figures(scores: dict) -> dict:
             for a in ("colour", "shape", "motion", "all")}
 
 
+@torch.no_grad()
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dit", default="default", help="DiT checkpoint folder (default: the embedded model)")
@@ -61,7 +62,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from videodit.sampling import Request, sample
     from videodit.text_encoder import TextEncoder
 
-    torch.set_grad_enabled(False)
     rows = load_eval_prompts(args.prompts, args.num)
     dit, meta = load_dit(args.dit)
     dit.eval()

@@ -35,6 +35,7 @@ def test_runs_on_a_tiny_checkpoint_and_reuses_kept_latents(tmp_path, capsys):
     argv = ["--dit", str(ckpt), "--num", "4", "--seeds", "7", "--frames", "5", "--res", "16", "24",
             "--latents", str(tmp_path / "lat"), "--out", str(tmp_path / "clips")]
     first = prompt_following.main(argv)
+    assert torch.is_grad_enabled()  # the bench leaves the process's autograd mode as it found it
     kept = tmp_path / "lat" / "latents-7.pt"
     latents = torch.load(kept, weights_only=True)
     assert len(latents) == 4 and tuple(latents[0].shape) == (4, 2, 2, 3)
