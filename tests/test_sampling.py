@@ -338,5 +338,7 @@ def test_sdedit_requests_pack_with_plain_ones_and_bad_init_is_refused():
         torch.testing.assert_close(z, y, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="strength"):
         Request((2, 4, 4), _text(0), init=init, strength=0.0)
+    with pytest.raises(ValueError, match="give init"):
+        Request((2, 4, 4), _text(0), strength=0.5)
     with pytest.raises(ValueError, match="init latent"):
         Request((3, 4, 4), _text(0), init=init, strength=0.5)

@@ -9,6 +9,9 @@ share the forward passes instead of running in a loop.
 A request's initial noise comes from a CPU `torch.Generator` seeded with its own seed, so its result does
 not depend on what else is in the batch (up to float rounding of the batched matmuls).
 
+A request with an `init` latent and `strength` s < 1 starts part-way (SDEdit): `init` is noised to the
+first sigma of its schedule at or below s and only the steps from there run.
+
 An x0-predicting model's outputs are turned into velocities (`videodit.flow.to_velocity`) before CFG.
 
 CFG: v = v_uncond + g * (v_cond - v_uncond). The unconditional input is the negative prompt when given,
@@ -54,6 +57,8 @@ class Request:
         self.size = tuple(int(s) for s in self.size)
         if not 0.0 < float(self.strength) <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+        if self.init is None and self.strength < 1.0:
+            raise ValueError(f"strength {self.strength} < 1 starts from an init latent: give init")
         if self.init is not None and tuple(self.init.shape[1:]) != self.size:
             raise ValueError(f"init latent {tuple(self.init.shape)} does not match size {self.size}")
 
