@@ -31,7 +31,8 @@ from videodit.eval import score_clips
 from videodit.mp4 import read_mp4
 
 
-def _figures(scores: dict) -> dict:
+def figures(scores: dict) -> dict:
+    """score_clips' accuracies -> {"all_colour": percent, ..., "heldout_all": percent}."""
     return {f"{k}_{a}": round(100 * scores[k][a], 1) for k in ("all", "heldout")
             for a in ("colour", "shape", "motion", "all")}
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 manifest.append({"path": out.name, "caption": r["caption"]})
             scores = score_clips(items)
             everything += items
-            lines.append({"seeds": base, **setup, **_figures(scores)})
+            lines.append({"seeds": base, **setup, **figures(scores)})
         if args.out:
             text_rows = "".join(json.dumps(m) + "\n" for m in manifest)
             (args.out / "manifest.jsonl").write_text(text_rows, encoding="utf-8")
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         fill = round(statistics.median(fills), 3) if fills else None
         print(json.dumps({"shape": shape, "right": sum(bool(c["correct"]["shape"]) for c in clips),
                           "clips": len(clips), "median_fill": fill}))
-    lines.append({"seeds": "all", "clips": len(everything), **setup, **_figures(scores)})
+    lines.append({"seeds": "all", "clips": len(everything), **setup, **figures(scores)})
     for line in lines:
         print(json.dumps(line), flush=True)
     return lines

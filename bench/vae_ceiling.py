@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.prompt_following import figures
 from bench.vae_shape import reconstruct
 from data.synthetic import load_eval_prompts, render_clip, sample_spec
 from vae3d.io import load_vae
@@ -62,9 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     for (shape, motion), (right, total) in sorted(groups.items()):
         print(json.dumps({"shape": shape, "motion": motion, "vae_shape_right": right, "clips": total}))
     for name, s in results.items():
-        print(json.dumps({"source": name, "vae": args.vae, "clips": len(s["clips"]),
-                          **{f"{k}_{a}": round(100 * s[k][a], 1) for k in ("all", "heldout")
-                             for a in ("colour", "shape", "motion", "all")}}))
+        print(json.dumps({"source": name, "vae": args.vae, "clips": len(s["clips"]), **figures(s)}))
 
 
 if __name__ == "__main__":

@@ -20,16 +20,20 @@ import time
 import numpy as np
 import torch
 
-from videodit.eval import list_videos, psnr
+from videodit.eval import list_videos, psnr, vae_psnr
 from videodit.mp4 import read_mp4
 
 
 def load_clip(path, ts: int, ss: int) -> np.ndarray:
-    """mp4 -> float32 (F, H, W, 3) in [-1, 1], F = 1 + m * ts, H and W multiples of ss."""
+    """mp4 -> uint8 (F, H, W, 3), F = 1 + m * ts, H and W multiples of ss."""
     f = read_mp4(path)
     n, h, w, _ = f.shape
     n = 1 + (n - 1) // ts * ts
-    return f[:n, : h // ss * ss, : w // ss * ss].astype(np.float32) / 127.5 - 1
+    return np.ascontiguousarray(f[:n, : h // ss * ss, : w // ss * ss])
+
+
+def as_float(clip: np.ndarray) -> np.ndarray:
+    return clip.astype(np.float32) / 127.5 - 1
 
 
 def to_blocks(clip: np.ndarray, ts: int, ss: int) -> np.ndarray:
@@ -65,14 +69,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not fit or not clips:
         ap.error("--fit and --clips need at least one readable clip each")
     t0 = time.time()
-    x = np.concatenate([to_blocks(load_clip(p, a.ts, a.ss), a.ts, a.ss) for p in fit])
+    x = np.concatenate([to_blocks(as_float(load_clip(p, a.ts, a.ss)), a.ts, a.ss) for p in fit])
     mean = x.mean(axis=0)
     _, _, vt = np.linalg.svd(x - mean, full_matrices=False)  # rows: principal directions
     lines = []
     for k in a.components:
         basis = vt[:k]
         scores = []
-        for clip in clips:
+        for clip in map(as_float, clips):
             b = to_blocks(clip, a.ts, a.ss) - mean
             rec = from_blocks(b @ basis.T @ basis + mean, clip.shape, a.ts, a.ss)
             scores.append(psnr(torch.from_numpy(clip), torch.from_numpy(np.clip(rec, -1, 1))))
@@ -84,14 +88,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
         vae = load_vae(a.vae).eval()
         t0 = time.time()
-        scores = []
-        with torch.no_grad():
-            for clip in clips:
-                video = torch.from_numpy(clip).permute(3, 0, 1, 2)[None]
-                rec = vae.decode(vae.encode(video), num_frames=clip.shape[0]).clamp(-1, 1)
-                scores.append(psnr(video, rec))
         lines.append({"code": f"vae:{a.vae}", "values_per_block": vae.latent_channels,
-                      "psnr_db": round(float(np.mean(scores)), 2), "clips": len(clips),
+                      "psnr_db": round(vae_psnr(vae, clips), 2), "clips": len(clips),
                       "seconds": round(time.time() - t0, 1)})
         print(json.dumps(lines[-1]), flush=True)
     return lines
