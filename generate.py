@@ -5,20 +5,27 @@
 
 `--res` is HEIGHTxWIDTH and the video has exactly `--frames` frames at exactly that size: the latent
 covers the size rounded up to the VAE's spatial stride, and the decoded frames are centre-cropped back.
+`--init-video PATH --strength S` turns this into video-to-video (SDEdit, Meng et al. 2022): the first
+`--frames` frames of PATH at its own frame rate (an image stands still for all of them), scaled to
+cover `--res` and centre-cropped, are encoded by the VAE, noised to the sampler sigma S and denoised
+from there under the prompt: S near 0 keeps the video, 1 ignores it.
+
 With `--prompts-file` (JSONL: one object a line with "prompt" and optional "frames", "res", "seed",
-"negative_prompt"), all requests, whatever their shapes, are packed into the same denoising forward
-passes, and line i is written to `{out}/{i:04d}.mp4`.
+"negative_prompt", "init_video", "strength"), all requests, whatever their shapes, are packed into the
+same denoising forward passes, and line i is written to `{out}/{i:04d}.mp4`.
 
 Every argument is checked before anything heavy is imported or loaded; bad input exits with one line on
 stderr (status 2). torch, diffusers and transformers are imported only after validation, so that a typo
-costs milliseconds, not seconds.
+costs milliseconds, not seconds; init videos are decoded next, before any model is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import re
 import sys
 import tempfile
@@ -30,7 +37,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 MAX_SIDE = 8192  # pixels
 TOKEN_BUDGET = 65536  # tokens of one denoising forward pass; a larger request runs alone
 DECODE_CHUNK_FRAMES = 8  # pixel frames the VAE decodes per step (memory is bounded by this and the tile)
-PROMPT_KEYS = {"prompt", "frames", "res", "seed", "negative_prompt"}
+PROMPT_KEYS = {"prompt", "frames", "res", "seed", "negative_prompt", "init_video", "strength"}
+DEFAULT_STRENGTH = 0.6  # --strength when an init video is given and no strength is
 
 
 @dataclass
@@ -44,6 +52,8 @@ class GenRequest:
     seed: int
     negative_prompt: str
     out: Path
+    init_video: Path | None = None  # video-to-video: start from this video's latent (SDEdit)
+    strength: float = 1.0  # sigma the init latent is noised to; 1 = from noise
 
 
 class UsageError(ValueError):
@@ -99,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-blocks", help="comma-separated DiT block indices that skip-layer guidance "
                                          "skips (default: the checkpoint's)")
     p.add_argument("--negative-prompt", default="", help="what to steer away from (default: none)")
+    p.add_argument("--init-video", type=Path,
+                   help="video-to-video: start from this video (or image) instead of noise (SDEdit)")
+    p.add_argument("--strength", type=float,
+                   help=f"with --init-video: how much to change it, in (0, 1]; 1 = ignore it "
+                        f"(default {DEFAULT_STRENGTH})")
     p.add_argument("--seed", type=int, default=0, help="random seed (prompts file: seed + line index)")
     p.add_argument("--sampler", choices=SAMPLERS, help="scheduler (default: the checkpoint's, else euler)")
     p.add_argument("--ckpt", default="default", help="DiT checkpoint folder (default: the embedded model)")
@@ -155,11 +170,28 @@ def _seed(value, where: str) -> int:
     return value
 
 
+def _strength(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ValueError(f"{where}strength must be a number in (0, 1] (1 = ignore the init video), "
+                         f"got {value!r}")
+    return float(value)
+
+
+def _init_video(value, where: str) -> Path:
+    if not isinstance(value, (str, Path)) or str(value) == "":
+        raise ValueError(f"{where}init video must be a file path, got {value!r}")
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(f"{where}init video {str(path)!r} does not exist or is not a file")
+    return path
+
+
 def parse_prompts_file(text: str, source: str = "prompts file") -> list[dict]:
     """JSONL text -> one dict per non-blank line with exactly the keys the line gave, validated.
 
     Each line: {"prompt": str, "frames"?: int >= 1, "res"?: "HxW", "seed"?: int >= 0,
-    "negative_prompt"?: str}. ValueError messages name `source:line`.
+    "negative_prompt"?: str, "init_video"?: path of an existing file, "strength"?: (0, 1]}. ValueError
+    messages name `source:line`. Relative init_video paths are taken as given (from the working directory).
     """
     items = []
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -191,6 +223,10 @@ def parse_prompts_file(text: str, source: str = "prompts file") -> list[dict]:
             _seed(item["seed"], where)
         if "negative_prompt" in item and not isinstance(item["negative_prompt"], str):
             raise ValueError(f"{where}negative_prompt must be a string")
+        if "init_video" in item:
+            _init_video(item["init_video"], where)
+        if "strength" in item:
+            _strength(item["strength"], where)
         items.append(item)
     if not items:
         raise ValueError(f"{source} has no requests")
@@ -258,6 +294,11 @@ def validate(args: argparse.Namespace) -> list[GenRequest]:
     if args.skip_blocks is not None:
         parse_blocks(args.skip_blocks)
     _seed(args.seed, "--")
+    init = _init_video(args.init_video, "--") if args.init_video is not None else None
+    if args.strength is not None:
+        _strength(args.strength, "--")
+    if args.strength is not None and init is None and args.prompt is not None:
+        raise ValueError("--strength needs --init-video (it says how far to move from that video)")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", args.device):
         raise ValueError(f"--device {args.device!r} must be auto, cpu, cuda, cuda:N or mps")
     _check_ckpt(args.ckpt)
@@ -272,7 +313,9 @@ def validate(args: argparse.Namespace) -> list[GenRequest]:
         if out.is_dir():
             raise ValueError(f"--out {str(out)!r} is a directory; give a .mp4 file name")
         _check_writable(out.parent, f"--out {str(out)!r}")
-        return [GenRequest(args.prompt, args.frames, height, width, args.seed, args.negative_prompt, out)]
+        strength = 1.0 if init is None else DEFAULT_STRENGTH if args.strength is None else args.strength
+        return [GenRequest(args.prompt, args.frames, height, width, args.seed, args.negative_prompt, out,
+                           init, strength)]
 
     path = args.prompts_file
     if not path.is_file():
@@ -286,9 +329,16 @@ def validate(args: argparse.Namespace) -> list[GenRequest]:
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out {str(folder)!r} must be a folder when --prompts-file is given")
     _check_writable(folder, f"--out folder {str(folder)!r}")
+    if args.strength is not None and init is None and not any("init_video" in item for item in items):
+        raise ValueError("--strength needs --init-video or requests with init_video")
     requests = []
     for i, item in enumerate(items):
         h, w = parse_resolution(item["res"]) if "res" in item else (height, width)
+        line_init = Path(item["init_video"]) if "init_video" in item else init
+        if line_init is None and "strength" in item:
+            raise ValueError(f"{path}: request {i + 1} ({i:04d}.mp4) has a strength but no init_video "
+                             f"(nor --init-video)")
+        strength = item.get("strength", args.strength)
         requests.append(
             GenRequest(
                 prompt=item["prompt"],
@@ -298,6 +348,8 @@ def validate(args: argparse.Namespace) -> list[GenRequest]:
                 seed=item.get("seed", args.seed + i),
                 negative_prompt=item.get("negative_prompt", args.negative_prompt),
                 out=folder / f"{i:04d}.mp4",
+                init_video=line_init,
+                strength=1.0 if line_init is None else DEFAULT_STRENGTH if strength is None else strength,
             )
         )
     return requests
@@ -380,22 +432,86 @@ def extent_notes(requests: list[GenRequest], meta: dict, vae) -> list[str]:
     return notes
 
 
-def denoise(requests: list[GenRequest], args, dit, vae, text, flow_cfg, device, dtype):
-    """Encode the prompts, pack all requests into shared denoising passes -> list of latents (C, T, h, w)."""
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence writes to file descriptor 2 (FFmpeg's own log lines from decord / av on a bad file): the
+    decode error is raised as an exception that names the file and the cause, printed as one line."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def read_init_frames(request: GenRequest):
+    """The first `request.frames` frames of its init video, uint8 (F, H0, W0, 3); an image repeats.
+
+    ValueError (data.decode.VideoDecodeError) naming the file when it cannot be decoded or is too short.
+    """
+    import numpy as np
+
+    from data.decode import decode_frames, is_image, probe_video
+
+    path = request.init_video
+    with _quiet_native_stderr():
+        if is_image(path):
+            return np.repeat(decode_frames(path, [0]), request.frames, axis=0)
+        info = probe_video(path)
+        if info.num_frames < request.frames:
+            raise ValueError(f"init video {str(path)!r} has {info.num_frames} frames; {request.out} asks for "
+                             f"{request.frames} (give --frames <= {info.num_frames})")
+        return decode_frames(path, list(range(request.frames)))
+
+
+def init_pixels(frames, size: tuple[int, int, int], temporal_stride: int, spatial_stride: int):
+    """uint8 (F, H0, W0, 3) -> float (3, 1 + (T - 1) * ts, h * ss, w * ss) in [-1, 1] for latent size
+    (T, h, w): scaled (bilinear, antialiased) to cover that frame size, centre-cropped as the decoded
+    video is, and the last frame repeated up to the VAE's whole temporal steps."""
+    import torch
+    import torch.nn.functional as F
+
+    t, h, w = size
+    height, width = h * spatial_stride, w * spatial_stride
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (F, 3, H0, W0)
+    scale = max(height / video.shape[-2], width / video.shape[-1])
+    cover = (max(height, math.ceil(video.shape[-2] * scale - 1e-6)),
+             max(width, math.ceil(video.shape[-1] * scale - 1e-6)))
+    if cover != tuple(video.shape[-2:]):
+        video = F.interpolate(video, size=cover, mode="bilinear", antialias=True, align_corners=False)
+    rows, cols = crop_box(cover, (height, width))
+    video = video[:, :, rows, cols].div(127.5).sub(1.0).clamp(-1, 1)
+    need = 1 + (t - 1) * temporal_stride
+    if video.shape[0] < need:
+        video = torch.cat([video, video[-1:].expand(need - video.shape[0], -1, -1, -1)])
+    return video[:need].permute(1, 0, 2, 3)
+
+
+def denoise(requests: list[GenRequest], args, dit, vae, text, flow_cfg, device, dtype, inits=None):
+    """Encode the prompts (and init videos), pack all requests into shared denoising passes -> list of
+    latents (C, T, h, w). `inits`: {request index: read_init_frames(...)} for video-to-video requests."""
+    import torch
+
     from videodit.sampling import Request, sample
 
     prompts = [r.prompt for r in requests]
     negatives = [r.negative_prompt for r in requests]
     states, _ = text.encode(prompts + negatives)
-    reqs = [
-        Request(
-            size=latent_shape(r.frames, r.height, r.width, vae.temporal_stride, vae.spatial_stride),
-            text=states[i],
-            seed=r.seed,
-            negative=states[len(requests) + i] if r.negative_prompt else None,
-        )
-        for i, r in enumerate(requests)
-    ]
+    reqs = []
+    for i, r in enumerate(requests):
+        size = latent_shape(r.frames, r.height, r.width, vae.temporal_stride, vae.spatial_stride)
+        init = None
+        if inits and i in inits:
+            pixels = init_pixels(inits[i], size, vae.temporal_stride, vae.spatial_stride)
+            with torch.no_grad():
+                init = vae.encode(pixels[None].to(device=device, dtype=next(vae.parameters()).dtype),
+                                  chunk_frames=DECODE_CHUNK_FRAMES)[0].float()
+        reqs.append(Request(size=size, text=states[i], seed=r.seed,
+                            negative=states[len(requests) + i] if r.negative_prompt else None,
+                            init=init, strength=r.strength if init is not None else 1.0))
     return sample(
         dit, reqs, steps=args.steps, sampler=args.sampler, guidance=args.cfg, flow_cfg=flow_cfg,
         device=device, dtype=dtype, token_budget=TOKEN_BUDGET,
@@ -425,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         requests = validate(args)
+        # decoded before any model is loaded: an unreadable or too short init video costs no model load
+        inits = {i: read_init_frames(r) for i, r in enumerate(requests) if r.init_video is not None}
     except ValueError as e:
         print(f"generate.py: error: {e}", file=sys.stderr)
         return 2
@@ -432,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         dit, meta, vae, text, flow_cfg, device, dtype = build(args)
         for note in extent_notes(requests, meta, vae):
             print(note)
-        latents = denoise(requests, args, dit, vae, text, flow_cfg, device, dtype)
+        latents = denoise(requests, args, dit, vae, text, flow_cfg, device, dtype, inits)
         for request, latent in zip(requests, latents):
             n = decode_to_mp4(latent, request, vae, args.fps)
             print(f"wrote {n} frames of {request.height}x{request.width} to {request.out}")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +15,7 @@ from vae3d.io import save_vae
 from vae3d.model import CausalVAE3D
 from videodit.checkpoint import save_dit
 from videodit.model import DiTConfig, VideoDiT
-from videodit.mp4 import read_mp4
+from videodit.mp4 import read_mp4, write_mp4
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,6 +60,10 @@ def test_parse_prompts_file():
         '{"prompt": "a", "steps": 3}': "p.jsonl:1: unknown key",
         '{"prompt": "a", "seed": -2}': "p.jsonl:1: seed",
         '{"prompt": "a", "frames": true}': "p.jsonl:1: frames",
+        '{"prompt": "a", "strength": 0}': "p.jsonl:1: strength",
+        '{"prompt": "a", "strength": 1.5}': "p.jsonl:1: strength",
+        '{"prompt": "a", "init_video": "/no/such/clip.mp4"}': "p.jsonl:1: init video '/no/such/clip.mp4'",
+        '{"prompt": "a", "init_video": 3}': "p.jsonl:1: init video must be a file path",
         "\n\n": "no requests",
     }
     for text, message in bad.items():
@@ -72,7 +77,26 @@ def _bad_inputs(tmp_path: Path) -> dict[str, list[str]]:
     prompts.write_text('{"prompt": "a"}\n{"prompt": "b", "res": "0x10"}\n')
     blocker = tmp_path / "a_file"
     blocker.write_text("")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all")
+    short = tmp_path / "short.mp4"
+    if not short.exists():
+        write_mp4(short, np.zeros((3, 16, 16, 3), np.uint8), fps=8)
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text('{"prompt": "a"}\n')
+    orphan = tmp_path / "orphan_strength.jsonl"
+    lines = [{"prompt": "a", "init_video": str(short)}, {"prompt": "b", "strength": 0.5}]
+    orphan.write_text("\n".join(json.dumps(x) for x in lines))
     return {
+        "strength without init": ["--prompt", "a", "--strength", "0.5"],
+        "strength 0": ["--prompt", "a", "--init-video", str(short), "--strength", "0"],
+        "strength 1.5": ["--prompt", "a", "--init-video", str(short), "--strength", "1.5"],
+        "missing init video": ["--prompt", "a", "--init-video", str(tmp_path / "nope.mp4")],
+        "unreadable init video": ["--prompt", "a", "--init-video", str(junk)],
+        "init video too short": ["--prompt", "a", "--init-video", str(short), "--frames", "9"],
+        "line strength without init": ["--prompts-file", str(orphan), "--out", str(tmp_path / "o2")],
+        "file strength without any init": ["--prompts-file", str(plain), "--strength", "0.5", "--out",
+                                           str(tmp_path / "o3")],
         "res abc": ["--prompt", "a", "--res", "abc"],
         "res 0x128": ["--prompt", "a", "--res", "0x128"],
         "frames 0": ["--prompt", "a", "--frames", "0"],
@@ -115,10 +139,29 @@ def test_bad_input_one_line_nonzero_in_process(tmp_path, capsys, monkeypatch):
     assert "no_ckpt" in capsys.readouterr().err
 
 
+def test_bad_init_video_input_names_the_problem(tmp_path, capsys, monkeypatch):
+    """Video-to-video input errors say what is wrong, before any model is loaded."""
+    monkeypatch.setattr(generate, "build", lambda args: pytest.fail("a model was loaded for bad input"))
+    cases = _bad_inputs(tmp_path)
+    expected = {
+        "strength without init": "--strength needs --init-video",
+        "strength 0": "--strength must be a number in (0, 1]",
+        "missing init video": "nope.mp4' does not exist",
+        "unreadable init video": "junk.mp4",
+        "init video too short": "has 3 frames",
+        "line strength without init": "request 2 (0001.mp4) has a strength but no init_video",
+        "file strength without any init": "--strength needs --init-video or requests with init_video",
+    }
+    for case, message in expected.items():
+        assert generate.main(cases[case]) == 2, case
+        assert message in capsys.readouterr().err, case
+
+
 def test_bad_input_subprocess_no_traceback(tmp_path):
     """The real entry point: exit code 2, one stderr line, no traceback; fast (torch is not imported)."""
     cases = _bad_inputs(tmp_path)
-    for case in ("res abc", "frames 0", "missing ckpt", "unwritable out", "bad prompts line", "frames text"):
+    for case in ("res abc", "frames 0", "missing ckpt", "unwritable out", "bad prompts line", "frames text",
+                 "unreadable init video", "init video too short"):
         proc = subprocess.run(
             [sys.executable, str(REPO / "generate.py"), *cases[case]],
             capture_output=True,
@@ -223,3 +266,67 @@ def test_generate_prompts_file_packs_odd_shapes(tiny_ckpt, tmp_path, capsys, mon
     shapes = [read_mp4(tmp_path / "o" / f"{i:04d}.mp4").shape for i in range(3)]
     assert shapes == [(64, 32, 48, 3), (6, 33, 47, 3), (1, 24, 40, 3)]
     assert capsys.readouterr().out.count("wrote ") == 3
+
+
+# ---- video-to-video ---------------------------------------------------------------------------------------
+def test_init_pixels_cover_crop_and_pad():
+    """Frames are scaled to cover the latent's pixel size, centre-cropped, and the last frame repeated up
+    to the VAE's whole temporal steps."""
+    ramp = np.tile(np.linspace(0, 255, 40).round().astype(np.uint8)[None, :, None], (20, 1, 3))  # (20, 40, 3)
+    frames = np.stack([ramp, 255 - ramp])
+    out = generate.init_pixels(frames, (2, 2, 2), 4, 8)  # latent (T 2, h 2, w 2): 5 frames of 16x16
+    assert out.shape == (3, 5, 16, 16) and out.dtype == torch.float32
+    row = out[0, 0, 8]  # scaled by 0.8 to 16x32, the middle 16 columns kept: rising, centred on grey
+    assert (row[1:] > row[:-1]).all() and abs(float(row.mean())) < 0.05
+    assert float(row[0]) > -0.6 and float(row[-1]) < 0.6  # not the ramp's ends: those were cropped away
+    assert torch.allclose(out[:, 1], -out[:, 0], atol=0.02)  # the second frame, inverted
+    assert all(torch.equal(out[:, k], out[:, 1]) for k in (2, 3, 4))
+    exact = np.random.default_rng(0).integers(0, 256, (5, 16, 24, 3), dtype=np.uint8)
+    same = generate.init_pixels(exact, (2, 2, 3), 4, 8)  # already the right size: values only rescaled
+    torch.testing.assert_close(same, torch.from_numpy(exact).permute(3, 0, 1, 2).float() / 127.5 - 1)
+
+
+def test_read_init_frames_repeats_an_image(tmp_path):
+    from PIL import Image
+
+    pixels = np.random.default_rng(1).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "still.png")
+    req = generate.GenRequest("a", 4, 12, 20, 0, "", tmp_path / "o.mp4", tmp_path / "still.png", 0.5)
+    frames = generate.read_init_frames(req)
+    assert frames.shape == (4, 12, 20, 3) and all((f == pixels).all() for f in frames)
+
+
+def test_generate_init_video_starts_from_its_latent(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    """--init-video: the sampler gets the VAE's encoding of the first --frames frames (scaled to cover
+    --res, centre-cropped) and --strength; a low strength stays near that latent, plain text-to-video not."""
+    import videodit.sampling as sampling
+    from vae3d.io import load_vae
+
+    clip = tmp_path / "in.mp4"
+    write_mp4(clip, np.random.default_rng(0).integers(0, 256, (9, 24, 40, 3), dtype=np.uint8), fps=8)
+    seen = []
+    real = sampling.sample
+
+    def spy(model, reqs, **kw):
+        out = real(model, reqs, **kw)
+        seen.append((reqs, out))
+        return out
+
+    monkeypatch.setattr(sampling, "sample", spy)
+    argv = ["--prompt", "a red ball", "--frames", "5", "--res", "16x32", "--steps", "8",
+            "--ckpt", str(tiny_ckpt)]
+    v2v_out, t2v_out = tmp_path / "v2v.mp4", tmp_path / "t2v.mp4"
+    assert generate.main([*argv, "--init-video", str(clip), "--strength", "0.25", "--out", str(v2v_out)]) == 0
+    assert generate.main([*argv, "--out", str(t2v_out)]) == 0
+    capsys.readouterr()
+    (v2v,), (v2v_latent,) = seen[0]
+    (t2v,), (t2v_latent,) = seen[1]
+    assert t2v.init is None and t2v.strength == 1.0 and v2v.strength == 0.25
+    vae = load_vae(str(tiny_ckpt.parent / "vae"))
+    pixels = generate.init_pixels(read_mp4(clip)[:5], v2v.size, vae.temporal_stride, vae.spatial_stride)
+    with torch.no_grad():
+        expected = vae.encode(pixels[None])[0]
+    torch.testing.assert_close(v2v.init, expected, atol=1e-4, rtol=1e-4)
+    near, far = (v2v_latent - v2v.init).norm(), (t2v_latent - v2v.init).norm()
+    assert near < 0.5 * far, (near, far)
+    assert read_mp4(v2v_out).shape == (5, 16, 32, 3)
