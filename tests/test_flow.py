@@ -90,9 +90,17 @@ def test_sample_timesteps_uniform_share_reaches_low_noise():
     for q in (0.1, 0.5, 0.9):  # U(0, 1), unshifted
         assert (flat < q).float().mean() == pytest.approx(q, abs=0.012)
     assert 0 < flat.min() and flat.max() < 1
+    low = sample_timesteps([256] * n, FlowConfig(logit_mean=1.0, uniform_fraction=1.0, max_t=0.35),
+                           torch.Generator().manual_seed(1))
+    torch.testing.assert_close(low, 0.35 * flat)  # the same draws, scaled into (0, 0.35)
+    for q in (0.1, 0.2, 0.3):  # U(0, 0.35)
+        assert (low < q).float().mean() == pytest.approx(q / 0.35, abs=0.012)
 
 
 def test_flow_config_validation():
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="max_t"):
+            FlowConfig(max_t=bad)
     with pytest.raises(ValueError, match="max_tokens"):
         FlowConfig(base_tokens=100, max_tokens=50)
     with pytest.raises(ValueError, match="text_drop_prob"):

@@ -56,6 +56,10 @@ class FlowConfig:
     # almost never draws low noise (logit_mean 1, shift 1.65: t < 0.3 for ~1% of samples), where the fine
     # detail of a sample (an object's corners) is settled; this keeps that end trained.
     uniform_fraction: float = 0.0
+    # Upper end of the training noise levels: every drawn t (either kind above) is scaled by max_t, so a run
+    # with max_t < 1 trains a denoiser for the low-noise end only (a refiner taking over the last sampling
+    # steps, `videodit.sampling.sample(refiner=...)`). 1 = the whole range.
+    max_t: float = 1.0
     # Token-space loss weighting (0 = off, the plain mean squared error). The error of each token is
     # measured along the principal directions of the training tokens, direction k weighted by
     # ((var_k + floor) / mean_var) ** -loss_whiten (1 = whitened, 0.5 = half way): an object's shape lives in
@@ -94,6 +98,8 @@ class FlowConfig:
             raise ValueError(f"text_drop_prob must be in [0, 1], got {self.text_drop_prob}")
         if not 0.0 <= self.uniform_fraction <= 1.0:
             raise ValueError(f"uniform_fraction must be in [0, 1], got {self.uniform_fraction}")
+        if not 0.0 < self.max_t <= 1.0:
+            raise ValueError(f"max_t must be in (0, 1], got {self.max_t}")
         if not 0.0 <= self.loss_whiten <= 1.0:
             raise ValueError(f"loss_whiten must be in [0, 1], got {self.loss_whiten}")
         if not self.whiten_floor > 0:
@@ -135,7 +141,7 @@ def sample_timesteps(
     tokens: Sequence[int], cfg: FlowConfig, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Per-sample training timesteps (B,) float32 in (0, 1): logit-normal, shifted by each sample's tokens;
-    a `cfg.uniform_fraction` share instead U(0, 1), unshifted."""
+    a `cfg.uniform_fraction` share instead U(0, 1), unshifted; all scaled by `cfg.max_t`."""
     device = generator.device if generator is not None else torch.device("cpu")
     u = torch.randn(len(tokens), generator=generator, device=device)  # (B,)
     t = torch.sigmoid(cfg.logit_mean + cfg.logit_std * u)
@@ -145,6 +151,8 @@ def sample_timesteps(
         pick = torch.rand(len(tokens), generator=generator, device=device) < cfg.uniform_fraction
         flat = torch.rand(len(tokens), generator=generator, device=device).clamp(1e-4, 1 - 1e-4)
         t = torch.where(pick, flat, t)
+    if cfg.max_t < 1.0:
+        t = t * cfg.max_t
     return t
 
 
