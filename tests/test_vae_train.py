@@ -226,3 +226,42 @@ def test_fine_tune_can_add_linear_paths(tmp_path):
     tuned = load_vae(tmp_path / "ft" / "final")
     assert tuned.config.linear_skip
     assert tuned.encoder.skip.weight.abs().max() > 0 and tuned.decoder.skip.weight.abs().max() > 0
+
+
+def test_pca_init_makes_a_fresh_patch_vae_the_pca_codec():
+    """After pca_init the untrained model reconstructs every clip exactly as the PCA of its patches does."""
+    from einops import rearrange
+
+    from vae3d import CausalVAE3D, VAEConfig
+
+    torch.manual_seed(0)
+    model = CausalVAE3D(VAEConfig(arch="patch", latent_channels=3, base_channels=16, temporal_stride=2,
+                                  spatial_stride=8, linear_skip=True, refine_channels=8))
+    # smooth random clips (low-rank-ish patches), 1 + 2k frames
+    clips = [torch.nn.functional.interpolate(torch.rand(1, 3, 3, 4, 4), size=(5, 16, 24), mode="trilinear")[0]
+             * 2 - 1 for _ in range(6)]
+    share = train_vae.pca_init(model, iter(clips), 6)
+    assert 0 < share <= 1
+    patches = []
+    for x in clips:
+        x = torch.cat([x[:, :1], x], dim=1)[None]  # the first frame replicated ts - 1 = 1 time
+        patches.append(rearrange(x, "b c (t pt) (h p1) (w p2) -> (b t h w) (c pt p1 p2)", pt=2, p1=8, p2=8))
+    p = torch.cat(patches).double()
+    mu = p.mean(0)
+    _, evecs = torch.linalg.eigh((p - mu).T @ (p - mu))
+    e = evecs[:, -3:]
+    for x, own in zip(clips, patches):
+        want = mu + ((own.double() - mu) @ e) @ e.T  # PCA reconstruction of the clip's patches
+        want = rearrange(want.float(), "(b t h w) (c pt p1 p2) -> b c (t pt) (h p1) (w p2)", b=1, t=3, h=2,
+                         w=3, pt=2, p1=8, p2=8)[:, :, 1:]  # drop the replicated frame
+        with torch.no_grad():
+            recon, _, _ = model(x[None], sample=False)
+        torch.testing.assert_close(recon, want, atol=1e-4, rtol=1e-4)
+
+
+def test_pca_init_needs_a_fresh_patch_vae_with_linear_paths(tmp_path):
+    with pytest.raises(ValueError, match="init_pca_clips"):
+        run(tmp_path, "steps=1", "model.arch=patch", "init_pca_clips=2")  # no linear_skip
+    records = run(tmp_path / "ok", "steps=3", "model.arch=patch", "model.linear_skip=true",
+                  "init_pca_clips=2", "save_every=0")
+    assert len(records) == 3
