@@ -240,7 +240,10 @@ def test_generate_vae_flag_decodes_with_the_named_vae(tiny_ckpt, tmp_path, capsy
         assert generate.main([*argv, *extra, "--out", str(tmp_path / f"{name}.mp4")]) == 0
         outs[name] = read_mp4(tmp_path / f"{name}.mp4").astype(int)
     capsys.readouterr()
-    assert (outs["own"] == outs["own_named"]).all()
+    # the same decoder: equal up to float rounding (two runs may differ by a unit in a few pixels when
+    # another process loads the CPU: seen once in CI beside a training run)
+    same = abs(outs["own"] - outs["own_named"])
+    assert same.max() <= 2 and same.mean() < 0.05, (same.max(), same.mean())
     assert abs(outs["own"] - outs["other"]).mean() > 1
 
 
