@@ -57,8 +57,8 @@ class FlowConfig:
     # detail of a sample (an object's corners) is settled; this keeps that end trained.
     uniform_fraction: float = 0.0
     # Upper end of the training noise levels: every drawn t (either kind above) is scaled by max_t, so a run
-    # with max_t < 1 trains a denoiser for the low-noise end only (a refiner taking over the last sampling
-    # steps, `videodit.sampling.sample(refiner=...)`). 1 = the whole range.
+    # with max_t < 1 trains a denoiser for the low-noise end only (an expert for the last sampling steps;
+    # configs/default_dit_refiner.yaml measured one: it did not keep squares). 1 = the whole range.
     max_t: float = 1.0
     # Token-space loss weighting (0 = off, the plain mean squared error). The error of each token is
     # measured along the principal directions of the training tokens, direction k weighted by
