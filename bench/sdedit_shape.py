@@ -20,12 +20,11 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import generate
 from bench.prompt_following import figures
-from data.synthetic import load_eval_prompts, render_clip, sample_spec
+from data.synthetic import load_eval_prompts, render_eval_clip
 from videodit.eval import score_clips
 from videodit.mp4 import read_mp4
 
@@ -60,8 +59,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     steps = args.steps or int(settings.get("steps", 30))
     cfg, sampler = float(settings.get("cfg", 5.0)), settings.get("sampler", "euler")
     seeds = [args.seed_base + i for i in range(len(rows))]
-    clips = [render_clip(sample_spec(np.random.default_rng(seed), (r["colour"], r["shape"], r["motion"]),
-                                     r["background"], [(128, 128)], [17])) for seed, r in zip(seeds, rows)]
+    clips = [render_eval_clip(r, seed) for seed, r in zip(seeds, rows)]
     captions = [r["caption"] for r in rows]
     records = []
     for s in args.strengths:

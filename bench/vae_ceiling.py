@@ -22,11 +22,9 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from bench.prompt_following import figures
 from bench.vae_shape import reconstruct
-from data.synthetic import load_eval_prompts, render_clip, sample_spec
+from data.synthetic import load_eval_prompts, render_eval_clip
 from vae3d.io import load_vae
 from videodit.eval import score_clips
 from videodit.mp4 import read_mp4, write_mp4
@@ -47,9 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for base in args.seeds:
             for i, r in enumerate(rows):
-                spec = sample_spec(np.random.default_rng(base + i), (r["colour"], r["shape"], r["motion"]),
-                                   r["background"], [tuple(args.res)], [args.frames])
-                frames = render_clip(spec)  # (F, H, W, 3) uint8
+                frames = render_eval_clip(r, base + i, tuple(args.res), args.frames)  # (F, H, W, 3) uint8
                 for clip, out in ((frames, gt), (reconstruct(vae, frames), rec)):
                     path = f"{tmp}/{len(gt) + len(rec)}.mp4"
                     write_mp4(path, clip, fps=16)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 import generate
-from data.synthetic import load_eval_prompts, render_clip, sample_spec
+from data.synthetic import load_eval_prompts, render_eval_clip
 from videodit.eval import analyse_clip
 from videodit.mp4 import read_mp4, write_mp4
 from videodit.world import COLOURS, make_caption
@@ -38,10 +38,8 @@ def recolour_requests(rows: list[dict], folder: Path) -> list[dict]:
     rng = np.random.default_rng(77)
     for i, row in enumerate(rows):
         attrs = {k: row[k] for k in ("colour", "shape", "motion", "background")}
-        combo = (attrs["colour"], attrs["shape"], attrs["motion"])
-        spec = sample_spec(np.random.default_rng(1000 + i), combo, attrs["background"], [(128, 128)], [17])
         path = folder / f"src{i:03d}.mp4"
-        write_mp4(path, render_clip(spec), fps=8)
+        write_mp4(path, render_eval_clip(attrs, 1000 + i), fps=8)
         target = dict(attrs, colour=COLOURS[(COLOURS.index(attrs["colour"]) + 1) % len(COLOURS)])
         out.append({"init_video": str(path), "caption": make_caption(target, rng), "source": attrs,
                     "target": target})

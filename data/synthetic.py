@@ -230,6 +230,15 @@ def load_eval_prompts(path: str | Path | None = None, num: int = 96) -> list[dic
     return select_eval_prompts(rows, num)
 
 
+def render_eval_clip(row: dict, seed: int, size: tuple[int, int] = (128, 128),
+                     frames: int = 17) -> np.ndarray:
+    """The ground truth the world's sampler draws for an evaluation prompt `row` (its colour, shape, motion,
+    background) with `seed`, at `size` (H, W) and `frames` -> uint8 (F, H, W, 3)."""
+    combo = (row["colour"], row["shape"], row["motion"])
+    spec = sample_spec(np.random.default_rng(seed), combo, row["background"], [tuple(size)], [frames])
+    return render_clip(spec)
+
+
 def eval_prompts(num: int, seed: int = 1234, heldout_fraction: float = 0.5) -> list[dict]:
     """Fresh evaluation prompts -> [{"caption", colour, shape, motion, background, "heldout"}].
 

@@ -6,11 +6,6 @@ import torch
 
 from bench import prompt_following
 from data.synthetic import eval_prompts, load_eval_prompts, select_eval_prompts
-from vae3d.config import VAEConfig
-from vae3d.io import save_vae
-from vae3d.model import CausalVAE3D
-from videodit.checkpoint import save_dit
-from videodit.model import DiTConfig, VideoDiT
 
 
 def test_eval_prompts_are_the_first_held_out_then_the_first_seen(tmp_path):
@@ -24,14 +19,8 @@ def test_eval_prompts_are_the_first_held_out_then_the_first_seen(tmp_path):
     assert len(default) == 96 and sum(r["heldout"] for r in default) == 48 and default[0]["heldout"]
 
 
-def test_runs_on_a_tiny_checkpoint_and_reuses_kept_latents(tmp_path, capsys):
-    torch.manual_seed(0)
-    vae_dir = save_vae(CausalVAE3D(VAEConfig(latent_channels=4, base_channels=8, channel_mult=(1, 1, 1))),
-                       tmp_path / "vae")
-    dit = VideoDiT(DiTConfig(in_channels=4, text_dim=384, hidden_size=24, depth=1, num_heads=2))
-    meta = {"vae": str(vae_dir), "text_encoder": "default", "flow": {"max_tokens": 4096},
-            "sampling": {"steps": 2, "cfg": 2.0}}
-    ckpt = save_dit(dit, tmp_path / "dit", meta)
+def test_runs_on_a_tiny_checkpoint_and_reuses_kept_latents(tiny_dit_ckpt, tmp_path, capsys):
+    ckpt = tiny_dit_ckpt
     argv = ["--dit", str(ckpt), "--num", "4", "--seeds", "7", "--frames", "5", "--res", "16", "24",
             "--latents", str(tmp_path / "lat"), "--out", str(tmp_path / "clips")]
     first = prompt_following.main(argv)

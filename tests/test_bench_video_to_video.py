@@ -2,16 +2,8 @@
 
 import shutil
 
-import numpy as np
-import torch
-
 from bench import video_to_video
-from data.synthetic import load_eval_prompts, render_clip, sample_spec
-from vae3d.config import VAEConfig
-from vae3d.io import save_vae
-from vae3d.model import CausalVAE3D
-from videodit.checkpoint import save_dit
-from videodit.model import DiTConfig, VideoDiT
+from data.synthetic import load_eval_prompts, render_eval_clip
 from videodit.mp4 import write_mp4
 from videodit.world import parse_prompt
 
@@ -30,20 +22,12 @@ def test_recolour_requests_and_scoring(tmp_path):
     assert same == {"new_colour": 0.0, "kept_shape": 100.0, "kept_motion": 100.0, "kept_background": 100.0,
                     "all": 0.0}
     for i, r in enumerate(reqs):  # the perfect answer: the same clip in the new colour
-        t = r["target"]
-        spec = sample_spec(np.random.default_rng(1000 + i), (t["colour"], t["shape"], t["motion"]),
-                           t["background"], [(128, 128)], [17])
-        write_mp4(out / f"{i:04d}.mp4", render_clip(spec), fps=8)
+        write_mp4(out / f"{i:04d}.mp4", render_eval_clip(r["target"], 1000 + i), fps=8)
     assert video_to_video.score(reqs, out)["all"] == 100.0
 
 
-def test_runs_through_generate_on_a_tiny_checkpoint(tmp_path, capsys):
-    torch.manual_seed(0)
-    vae_dir = save_vae(CausalVAE3D(VAEConfig(latent_channels=4, base_channels=8, channel_mult=(1, 1, 1))),
-                       tmp_path / "vae")
-    dit = VideoDiT(DiTConfig(in_channels=4, text_dim=384, hidden_size=24, depth=1, num_heads=2))
-    meta = {"vae": str(vae_dir), "text_encoder": "default", "flow": {"max_tokens": 4096}}
-    ckpt = save_dit(dit, tmp_path / "dit", meta)
+def test_runs_through_generate_on_a_tiny_checkpoint(tiny_dit_ckpt, capsys):
+    ckpt = tiny_dit_ckpt
     argv = ["--num", "2", "--strengths", "0.5", "1.0", "--steps", "2", "--ckpt", str(ckpt)]
     records = video_to_video.main(argv)
     assert [r["strength"] for r in records] == [0.5, 1.0]
