@@ -45,7 +45,7 @@ from videodit.distributed import (
     sum_over_ranks,
 )
 from videodit.ema import EMA
-from videodit.flow import FlowConfig, flow_loss, token_loss_map
+from videodit.flow import FlowConfig, channel_loss_map, decoder_sensitivity, flow_loss, token_loss_map
 from videodit.model import DiTConfig, VideoDiT
 
 log = logging.getLogger("train_video")
@@ -206,7 +206,11 @@ def build_pixel_decoder(cfg: RunConfig, device):
 @torch.no_grad()
 def build_loss_map(cfg: RunConfig, source, encoders, device, max_samples: int = 256) -> torch.Tensor | None:
     """`flow.loss_whiten` > 0: the token-space loss map from up to `max_samples` training clips, evenly
-    spaced through the data (the same on every rank and at every resume) -> (D_in, D_in); else None."""
+    spaced through the data (the same on every rank and at every resume) -> (D_in, D_in);
+    `flow.loss_decoder_power` > 0: the diagonal map from the decoder's per-channel sensitivity, measured
+    on 8 of those clips; else None."""
+    if cfg.flow.loss_decoder_power > 0:
+        return build_channel_map(cfg, source, encoders, device)
     if cfg.flow.loss_whiten <= 0:
         return None
     from videodit.patchify import spacetime_patchify
@@ -232,6 +236,35 @@ def build_loss_map(cfg: RunConfig, source, encoders, device, max_samples: int = 
     w = loss_map.norm(dim=0)  # per-direction weight, ascending variance
     log.info("token loss map from %d clips (%d tokens): direction weights %.3g (highest variance) .. %.3g",
              len(picks), tokens.shape[0], w[-1].item(), w[0].item())
+    return loss_map.to(device)
+
+
+@torch.no_grad()
+def build_channel_map(cfg: RunConfig, source, encoders, device, num_clips: int = 8) -> torch.Tensor:
+    """The `flow.loss_decoder_power` map: sensitivities of the run's VAE decoder (the cache's VAE, else
+    data.vae; `decode_coarse`) per latent channel, on `num_clips` clips evenly spaced through the data."""
+    from vae3d.io import load_vae
+
+    index = cache_index(cfg)
+    vae = load_vae(index["vae"] if index else cfg.data.vae, device=device).float().eval()
+    n, yielded = len(source), getattr(source, "stats", {}).get("yielded")
+    latents = []
+    for j in sorted({int(i * n / min(n, num_clips)) for i in range(min(n, num_clips))}):
+        s = source.load(j)
+        if s is None:
+            continue
+        z = s["latent"] if encoders is None else encoders[0].encode(s["video"][None].to(device))[0]
+        latents.append(z.float().to(device))
+    if yielded is not None:
+        source.stats["yielded"] = yielded  # these reads are not training samples
+    if not latents:
+        raise ValueError("flow.loss_decoder_power: no readable training clip to measure the decoder on")
+    gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
+    sens = decoder_sensitivity(vae.decode_coarse, latents, generator=gen)
+    loss_map = channel_loss_map(sens, cfg.flow.loss_decoder_power, tuple(cfg.model.patch))
+    w = (sens / sens.mean()).pow(cfg.flow.loss_decoder_power)
+    log.info("channel loss map from %d clips: decoder sensitivity %s, weights %s", len(latents),
+             [round(v, 4) for v in sens.tolist()], [round(v, 3) for v in (w / w.mean()).tolist()])
     return loss_map.to(device)
 
 

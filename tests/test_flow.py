@@ -11,6 +11,8 @@ from vae3d.losses import focus_weights
 from videodit.flow import (
     X0_T_FLOOR,
     FlowConfig,
+    channel_loss_map,
+    decoder_sensitivity,
     flow_loss,
     interpolate,
     sample_timesteps,
@@ -111,6 +113,10 @@ def test_flow_config_validation():
         FlowConfig(uniform_fraction=-0.1)
     with pytest.raises(ValueError, match="loss_whiten"):
         FlowConfig(loss_whiten=1.5)
+    with pytest.raises(ValueError, match="loss_decoder_power"):
+        FlowConfig(loss_decoder_power=-0.5)
+    with pytest.raises(ValueError, match="exclusive"):
+        FlowConfig(loss_decoder_power=1.0, loss_whiten=0.5)
     with pytest.raises(ValueError, match="whiten_floor"):
         FlowConfig(whiten_floor=0.0)
 
@@ -384,3 +390,34 @@ def test_pixel_focus_weighs_errors_on_the_object():
     for bad in ({"pixel_focus": -1.0}, {"focus_threshold": 0.0}, {"focus_radius": -1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             FlowConfig(**bad)
+
+
+def test_decoder_sensitivity_is_each_channels_squared_gain_on_a_linear_decoder():
+    gains = torch.tensor([3.0, 1.0, 0.1, 0.0])
+
+    def decoder(z):  # (1, C, T, H, W) -> (1, 3, T, H, W): every pixel channel = sum_c gain_c * z_c
+        return (z * gains.view(1, -1, 1, 1, 1)).sum(1, keepdim=True).expand(-1, 3, -1, -1, -1)
+
+    latents = [torch.randn(4, 2, 3, 5), torch.randn(4, 1, 4, 4)]
+    sens = decoder_sensitivity(decoder, latents, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(sens, gains.pow(2), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="at least one"):
+        decoder_sensitivity(decoder, [])
+
+
+def test_channel_loss_map_weighs_each_channels_token_entries():
+    patch = (1, 2, 2)
+    sens = torch.tensor([4.0, 1.0, 1.0, 2.0])
+    assert torch.equal(channel_loss_map(sens, 0.0, patch), torch.eye(16))  # power 0: the plain loss
+    m = channel_loss_map(sens, 1.0, patch)
+    w = sens / sens.mean()
+    for c in range(4):  # an error in channel c alone, cut into tokens as the model sees it
+        err = torch.zeros(4, 2, 4, 4)
+        err[c] = 1.0
+        tokens = spacetime_patchify(err, patch)[0]  # (L, 16)
+        plain = tokens.pow(2).sum(1).mean()
+        torch.testing.assert_close((tokens @ m).pow(2).sum(1).mean() / plain, w[c])
+    half = channel_loss_map(sens, 0.5, patch).diagonal().pow(2)
+    assert half.mean().item() == pytest.approx(1.0) and half[0] / half[4] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="positive sum"):
+        channel_loss_map(torch.zeros(4), 1.0, patch)

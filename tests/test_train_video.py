@@ -255,6 +255,29 @@ def test_loss_whiten_weighs_the_loss_by_data_statistics(tmp_path, assets, one_ra
     assert train_video.build_loss_map(cfg, source, (vae,), torch.device("cpu")) is None
 
 
+def test_loss_decoder_power_weighs_channels_by_the_decoder(tmp_path, assets, one_rank):
+    """flow.loss_decoder_power: a diagonal map from the run's VAE decoder, the same at every start, its
+    reads not counted as training samples; training runs on it."""
+    from data.dataset import VideoDataset
+    from vae3d.io import load_vae
+
+    weighted = run(assets, tmp_path / "dw", **{"train.max_steps": 2, "flow.loss_decoder_power": 1.0})
+    assert len(weighted) == 2 and all(torch.isfinite(torch.tensor(m["loss"])) for m in weighted)
+    cfg = train_video.load_config(train_video.RunConfig, str(REPO / "configs/debug.yaml"),
+                                  [f"data.manifest={assets['manifest']}", "model.in_channels=4",
+                                   f"data.vae={assets['vae']}", "flow.loss_decoder_power=1.0"])
+    vae = load_vae(str(assets["vae"])).eval()
+    source = VideoDataset(str(assets["manifest"]), SamplingConfig(min_tokens=8, max_tokens=32, max_frames=9))
+    a = train_video.build_loss_map(cfg, source, (vae,), torch.device("cpu"))
+    b = train_video.build_loss_map(cfg, source, (vae,), torch.device("cpu"))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert a.shape == (cfg.model.patch_dim, cfg.model.patch_dim)
+    assert torch.equal(a, torch.diag(a.diagonal()))
+    assert a.diagonal().pow(2).mean().item() == pytest.approx(1.0)
+    assert a.diagonal().std() > 0  # the random VAE's channels differ in what they move
+    assert source.stats["yielded"] == 0
+
+
 def test_init_from_another_patch_size_copies_the_body(tmp_path):
     from videodit.checkpoint import save_dit
     from videodit.model import DiTConfig, VideoDiT

@@ -68,6 +68,14 @@ class FlowConfig:
     # (BENCHMARKS.md): 0.5 for 4000 steps left shape where it was; 1.0 lost colour and motion within 2000.
     loss_whiten: float = 0.0
     whiten_floor: float = 0.01  # added to each direction's variance, as a fraction of the mean variance
+    # Latent-channel loss weighting by what a channel changes on screen (0 = off). The trainer measures,
+    # through the VAE's decoder, the pixel change per unit change of each normalised latent channel (its
+    # sensitivity s_c) and weighs channel c's squared error by (s_c / mean s) ** loss_decoder_power
+    # (renormalised to mean 1): 1 makes the latent loss track the decoder's pixel error to first order,
+    # 0.5 is half way. Per-channel normalisation gives every channel unit variance whatever it draws: on
+    # a PCA-initialised VAE (configs/vae_pca_mix.yaml) the brightest channel moves pixels ~300x more
+    # than the faintest, and the plain loss weighs both alike. Exclusive with loss_whiten.
+    loss_decoder_power: float = 0.0
     # Pixel-space term (0 = off): pixel_weight x the mean squared error between the VAE decoder's pixels of
     # the predicted x0 and of the clean latent, for up to `pixel_samples` samples of each row with
     # t <= pixel_max_t. The latent loss weighs a direction by its variance; this one by what it changes on
@@ -104,6 +112,10 @@ class FlowConfig:
             raise ValueError(f"loss_whiten must be in [0, 1], got {self.loss_whiten}")
         if not self.whiten_floor > 0:
             raise ValueError(f"whiten_floor must be > 0, got {self.whiten_floor}")
+        if not 0.0 <= self.loss_decoder_power <= 2.0:
+            raise ValueError(f"loss_decoder_power must be in [0, 2], got {self.loss_decoder_power}")
+        if self.loss_decoder_power > 0 and self.loss_whiten > 0:
+            raise ValueError("loss_decoder_power and loss_whiten are exclusive: set one of them")
         if self.pixel_weight < 0:
             raise ValueError(f"pixel_weight must be >= 0, got {self.pixel_weight}")
         if not 0.0 < self.pixel_max_t <= 1.0:
@@ -212,6 +224,44 @@ def token_loss_map(tokens: torch.Tensor, power: float, floor: float = 0.01) -> t
     w2 = ((var + floor * m) / m).pow(-power)
     w2 = w2 / w2.mean()
     return (U * w2.sqrt()[None, :]).float()
+
+
+@torch.no_grad()
+def decoder_sensitivity(decoder: Callable[[torch.Tensor], torch.Tensor], latents: Sequence[torch.Tensor],
+                        eps: float = 0.05, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mean squared pixel change per unit squared change of each latent channel -> (C,) float32.
+
+    For each clean latent (C, T, H, W) and channel c, perturbs channel c alone by eps * N(0, 1) noise and
+    measures mse(decoder(z + d), decoder(z)) / mean(d^2) (a finite-difference estimate of the decoder's
+    Jacobian norm along that channel), averaged over the latents."""
+    if not latents:
+        raise ValueError("decoder_sensitivity needs at least one latent")
+    channels = latents[0].shape[0]
+    total = torch.zeros(channels, dtype=torch.float64)
+    for z in latents:
+        z = z[None].float()  # (1, C, T, H, W)
+        base = decoder(z).float()
+        for c in range(channels):
+            d = torch.zeros_like(z)
+            noise = torch.randn(z[:, c].shape, generator=generator, device=z.device if generator is None
+                                else generator.device).to(z)
+            d[:, c] = eps * noise
+            change = (decoder(z + d).float() - base).pow(2).mean()
+            total[c] += (change / d[:, c].pow(2).mean()).item()
+    return (total / len(latents)).float()
+
+
+def channel_loss_map(sensitivity: torch.Tensor, power: float, patch: tuple[int, int, int]) -> torch.Tensor:
+    """Per-channel sensitivities (C,) -> diagonal map M (D, D), D = C * prod(patch), for the loss
+    ||(pred - target) @ M||^2: channel c's squared error weighs w_c = (s_c / mean s) ** power, scaled so
+    that mean(w) = 1. Token layout (c pt ph pw), as `spacetime_patchify` cuts it."""
+    s = sensitivity.double().clamp(min=0)
+    if s.dim() != 1 or not bool(s.sum() > 0):
+        raise ValueError(f"sensitivity must be (C,) with a positive sum, got {sensitivity.tolist()}")
+    w = (s / s.mean()).clamp(min=1e-8).pow(power)
+    w = w / w.mean()
+    per_dim = w.repeat_interleave(int(patch[0] * patch[1] * patch[2]))  # (D,)
+    return torch.diag(per_dim.sqrt()).float()
 
 
 def flow_loss(
