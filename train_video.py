@@ -196,11 +196,32 @@ def build_pixel_decoder(cfg: RunConfig, device):
     pixel refiner (`decode_coarse`), for flow_loss's pixel term; else None."""
     if cfg.flow.pixel_weight <= 0:
         return None
+    return run_vae(cfg, device).decode_coarse
+
+
+def run_vae(cfg: RunConfig, device):
+    """A frozen copy of the run's VAE: the cache's, else data.vae."""
     from vae3d.io import load_vae
 
     index = cache_index(cfg)
-    vae = load_vae(index["vae"] if index else cfg.data.vae, device=device).eval().requires_grad_(False)
-    return vae.decode_coarse
+    return load_vae(index["vae"] if index else cfg.data.vae, device=device).eval().requires_grad_(False)
+
+
+def probe_latents(source, encoders, device, count: int) -> list[torch.Tensor]:
+    """Clean latents (C, T, H, W) float32 of up to `count` training clips evenly spaced through the data (the
+    same on every rank and at every resume), for statistics taken at start. Unreadable clips are skipped
+    (and counted by the dataset); the reads are not counted as training samples."""
+    n, yielded = len(source), getattr(source, "stats", {}).get("yielded")
+    latents = []
+    for j in sorted({int(i * n / min(n, count)) for i in range(min(n, count))}):
+        s = source.load(j)
+        if s is None:
+            continue
+        z = s["latent"] if encoders is None else encoders[0].encode(s["video"][None].to(device))[0]
+        latents.append(z.float().cpu())
+    if yielded is not None:
+        source.stats["yielded"] = yielded
+    return latents
 
 
 @torch.no_grad()
@@ -215,27 +236,15 @@ def build_loss_map(cfg: RunConfig, source, encoders, device, max_samples: int = 
         return None
     from videodit.patchify import spacetime_patchify
 
-    n, yielded = len(source), getattr(source, "stats", {}).get("yielded")
-    picks = sorted({int(i * n / min(n, max_samples)) for i in range(min(n, max_samples))})
-    tokens = []
-    for j in picks:
-        s = source.load(j)
-        if s is None:  # unreadable clip (raw mode): skipped and counted by the dataset
-            continue
-        if encoders is None:
-            z = s["latent"]
-        else:
-            z = encoders[0].encode(s["video"][None].to(device))[0].float().cpu()
-        tokens.append(spacetime_patchify(z, tuple(cfg.model.patch))[0])
-    if yielded is not None:
-        source.stats["yielded"] = yielded  # these reads are not training samples (bad clips stay counted)
-    if not tokens:
+    latents = probe_latents(source, encoders, device, max_samples)
+    if not latents:
         raise ValueError("flow.loss_whiten: no readable training clip to measure token statistics on")
+    tokens = [spacetime_patchify(z, tuple(cfg.model.patch))[0] for z in latents]
     tokens = torch.cat(tokens)
     loss_map = token_loss_map(tokens, cfg.flow.loss_whiten, cfg.flow.whiten_floor)
     w = loss_map.norm(dim=0)  # per-direction weight, ascending variance
     log.info("token loss map from %d clips (%d tokens): direction weights %.3g (highest variance) .. %.3g",
-             len(picks), tokens.shape[0], w[-1].item(), w[0].item())
+             len(latents), tokens.shape[0], w[-1].item(), w[0].item())
     return loss_map.to(device)
 
 
@@ -243,28 +252,15 @@ def build_loss_map(cfg: RunConfig, source, encoders, device, max_samples: int = 
 def build_channel_map(cfg: RunConfig, source, encoders, device, num_clips: int = 8) -> torch.Tensor:
     """The `flow.loss_decoder_power` map: sensitivities of the run's VAE decoder (the cache's VAE, else
     data.vae; `decode_coarse`) per latent channel, on `num_clips` clips evenly spaced through the data."""
-    from vae3d.io import load_vae
-
-    index = cache_index(cfg)
-    vae = load_vae(index["vae"] if index else cfg.data.vae, device=device).float().eval()
-    n, yielded = len(source), getattr(source, "stats", {}).get("yielded")
-    latents = []
-    for j in sorted({int(i * n / min(n, num_clips)) for i in range(min(n, num_clips))}):
-        s = source.load(j)
-        if s is None:
-            continue
-        z = s["latent"] if encoders is None else encoders[0].encode(s["video"][None].to(device))[0]
-        latents.append(z.float().to(device))
-    if yielded is not None:
-        source.stats["yielded"] = yielded  # these reads are not training samples
+    latents = [z.to(device) for z in probe_latents(source, encoders, device, num_clips)]
     if not latents:
         raise ValueError("flow.loss_decoder_power: no readable training clip to measure the decoder on")
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    sens = decoder_sensitivity(vae.decode_coarse, latents, generator=gen)
+    sens = decoder_sensitivity(run_vae(cfg, device).float().decode_coarse, latents, generator=gen)
     loss_map = channel_loss_map(sens, cfg.flow.loss_decoder_power, tuple(cfg.model.patch))
-    w = (sens / sens.mean()).pow(cfg.flow.loss_decoder_power)
+    weights = loss_map.diagonal()[:: loss_map.shape[0] // len(sens)].pow(2)  # one entry per channel
     log.info("channel loss map from %d clips: decoder sensitivity %s, weights %s", len(latents),
-             [round(v, 4) for v in sens.tolist()], [round(v, 3) for v in (w / w.mean()).tolist()])
+             [round(v, 4) for v in sens.tolist()], [round(v, 3) for v in weights.tolist()])
     return loss_map.to(device)
 
 

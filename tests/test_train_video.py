@@ -229,21 +229,14 @@ def test_init_from_adds_a_token_skip_that_starts_at_zero(tmp_path):
                                    source.forward_samples(z, torch.tensor([0.3]), text)[0])
 
 
-def test_loss_whiten_weighs_the_loss_by_data_statistics(tmp_path, assets, one_rank):
-    """flow.loss_whiten: the map comes from the training clips (raw mode: VAE-encoded), the same at every
-    start; its reads are not counted as training samples; the loss differs from the plain one."""
+def built_loss_map(assets, *sets):
+    """build_loss_map twice on the debug config with `sets` -> (cfg, source, vae, map); checks that both
+    builds agree, the map's shape, and that its reads were not counted as training samples."""
     from data.dataset import VideoDataset
-
-    plain = run(assets, tmp_path / "plain", **{"train.max_steps": 2})
-    weighted = run(assets, tmp_path / "w", **{"train.max_steps": 2, "flow.loss_whiten": 0.5})
-    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in weighted)
-    assert weighted[0]["loss"] != pytest.approx(plain[0]["loss"], rel=1e-3)
-    assert weighted[-1]["skipped_data"] == plain[-1]["skipped_data"] == 5  # each bad clip counted once
-    cfg = train_video.load_config(train_video.RunConfig, str(REPO / "configs/debug.yaml"),
-                                  [f"data.manifest={assets['manifest']}", "model.in_channels=4",
-                                   "flow.loss_whiten=1.0"])
     from vae3d.io import load_vae
 
+    cfg = train_video.load_config(train_video.RunConfig, str(REPO / "configs/debug.yaml"),
+                                  [f"data.manifest={assets['manifest']}", "model.in_channels=4", *sets])
     vae = load_vae(str(assets["vae"])).eval()
     source = VideoDataset(str(assets["manifest"]), SamplingConfig(min_tokens=8, max_tokens=32, max_frames=9))
     a = train_video.build_loss_map(cfg, source, (vae,), torch.device("cpu"))
@@ -251,6 +244,18 @@ def test_loss_whiten_weighs_the_loss_by_data_statistics(tmp_path, assets, one_ra
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert a.shape == (cfg.model.patch_dim, cfg.model.patch_dim)
     assert source.stats["yielded"] == 0
+    return cfg, source, vae, a
+
+
+def test_loss_whiten_weighs_the_loss_by_data_statistics(tmp_path, assets, one_rank):
+    """flow.loss_whiten: the map comes from the training clips (raw mode: VAE-encoded), the same at every
+    start; its reads are not counted as training samples; the loss differs from the plain one."""
+    plain = run(assets, tmp_path / "plain", **{"train.max_steps": 2})
+    weighted = run(assets, tmp_path / "w", **{"train.max_steps": 2, "flow.loss_whiten": 0.5})
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in weighted)
+    assert weighted[0]["loss"] != pytest.approx(plain[0]["loss"], rel=1e-3)
+    assert weighted[-1]["skipped_data"] == plain[-1]["skipped_data"] == 5  # each bad clip counted once
+    cfg, source, vae, _ = built_loss_map(assets, "flow.loss_whiten=1.0")
     cfg.flow.loss_whiten = 0.0
     assert train_video.build_loss_map(cfg, source, (vae,), torch.device("cpu")) is None
 
@@ -258,24 +263,12 @@ def test_loss_whiten_weighs_the_loss_by_data_statistics(tmp_path, assets, one_ra
 def test_loss_decoder_power_weighs_channels_by_the_decoder(tmp_path, assets, one_rank):
     """flow.loss_decoder_power: a diagonal map from the run's VAE decoder, the same at every start, its
     reads not counted as training samples; training runs on it."""
-    from data.dataset import VideoDataset
-    from vae3d.io import load_vae
-
     weighted = run(assets, tmp_path / "dw", **{"train.max_steps": 2, "flow.loss_decoder_power": 1.0})
     assert len(weighted) == 2 and all(torch.isfinite(torch.tensor(m["loss"])) for m in weighted)
-    cfg = train_video.load_config(train_video.RunConfig, str(REPO / "configs/debug.yaml"),
-                                  [f"data.manifest={assets['manifest']}", "model.in_channels=4",
-                                   f"data.vae={assets['vae']}", "flow.loss_decoder_power=1.0"])
-    vae = load_vae(str(assets["vae"])).eval()
-    source = VideoDataset(str(assets["manifest"]), SamplingConfig(min_tokens=8, max_tokens=32, max_frames=9))
-    a = train_video.build_loss_map(cfg, source, (vae,), torch.device("cpu"))
-    b = train_video.build_loss_map(cfg, source, (vae,), torch.device("cpu"))
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert a.shape == (cfg.model.patch_dim, cfg.model.patch_dim)
+    _, _, _, a = built_loss_map(assets, f"data.vae={assets['vae']}", "flow.loss_decoder_power=1.0")
     assert torch.equal(a, torch.diag(a.diagonal()))
     assert a.diagonal().pow(2).mean().item() == pytest.approx(1.0)
     assert a.diagonal().std() > 0  # the random VAE's channels differ in what they move
-    assert source.stats["yielded"] == 0
 
 
 def test_init_from_another_patch_size_copies_the_body(tmp_path):

@@ -243,8 +243,8 @@ def decoder_sensitivity(decoder: Callable[[torch.Tensor], torch.Tensor], latents
         base = decoder(z).float()
         for c in range(channels):
             d = torch.zeros_like(z)
-            noise = torch.randn(z[:, c].shape, generator=generator, device=z.device if generator is None
-                                else generator.device).to(z)
+            gen_device = generator.device if generator is not None else z.device
+            noise = torch.randn(z[:, c].shape, generator=generator, device=gen_device).to(z)
             d[:, c] = eps * noise
             change = (decoder(z + d).float() - base).pow(2).mean()
             total[c] += (change / d[:, c].pow(2).mean()).item()
