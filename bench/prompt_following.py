@@ -32,9 +32,10 @@ from videodit.mp4 import read_mp4
 
 
 def figures(scores: dict) -> dict:
-    """score_clips' accuracies -> {"all_colour": percent, ..., "heldout_all": percent}."""
-    return {f"{k}_{a}": round(100 * scores[k][a], 1) for k in ("all", "heldout")
-            for a in ("colour", "shape", "motion", "all")}
+    """score_clips' accuracies -> {"all_colour": percent, ..., "heldout_all": percent}; None where the set
+    has no such clip (a prompt file without held-out rows)."""
+    return {f"{k}_{a}": None if scores[k][a] is None else round(100 * scores[k][a], 1)
+            for k in ("all", "heldout") for a in ("colour", "shape", "motion", "all")}
 
 
 @torch.no_grad()

@@ -216,9 +216,10 @@ EVAL_POOL, EVAL_SEED = 256, 1236
 
 
 def select_eval_prompts(rows: list[dict], num: int) -> list[dict]:
-    """The evaluation's choice from prompt rows: the first num // 2 held-out, then the first others."""
+    """The evaluation's choice from prompt rows: the first num // 2 held-out, then the first others up to
+    num in all (so a file with fewer held-out rows still gives num prompts where it has them)."""
     held = [r for r in rows if r["heldout"]][: num // 2]
-    return held + [r for r in rows if not r["heldout"]][: num - num // 2]
+    return held + [r for r in rows if not r["heldout"]][: num - len(held)]
 
 
 def load_eval_prompts(path: str | Path | None = None, num: int = 96) -> list[dict]:

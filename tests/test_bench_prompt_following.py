@@ -35,3 +35,16 @@ def test_runs_on_a_tiny_checkpoint_and_reuses_kept_latents(tiny_dit_ckpt, tmp_pa
     manifest = [json.loads(line) for line in (tmp_path / "clips" / "manifest.jsonl").read_text().splitlines()]
     assert [m["path"] for m in manifest] == [f"7-{i:04d}.mp4" for i in range(4)]
     assert all((tmp_path / "clips" / m["path"]).is_file() for m in manifest)
+
+
+def test_a_prompt_file_without_held_out_rows(tiny_dit_ckpt, tmp_path):
+    """Prompts all of seen combinations (e.g. training captions): --num of them, held-out figures None."""
+    rows = [r for r in eval_prompts(40, seed=3) if not r["heldout"]][:3]
+    path = tmp_path / "seen.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_eval_prompts(path, 3) == rows
+    lines = prompt_following.main(["--dit", str(tiny_dit_ckpt), "--prompts", str(path), "--num", "3",
+                                   "--seeds", "7", "--frames", "5", "--res", "16", "24"])
+    assert lines[-1]["clips"] == 3
+    assert lines[-1]["heldout_all"] is None and lines[-1]["heldout_shape"] is None
+    assert lines[-1]["all_colour"] is not None
