@@ -38,6 +38,19 @@ def figures(scores: dict) -> dict:
             for k in ("all", "heldout") for a in ("colour", "shape", "motion", "all")}
 
 
+def by_shape(scores: dict) -> dict:
+    """score_clips' clips -> {prompted shape: {"right": read right, "clips": n, "median_fill": fill}}."""
+    groups = collections.defaultdict(list)
+    for c in scores["clips"]:
+        groups[c["intent"]["shape"]].append(c)
+    out = {}
+    for shape, clips in sorted(groups.items()):
+        fills = [c["measured"]["fill"] for c in clips if c["measured"].get("fill") is not None]
+        out[shape] = {"right": sum(bool(c["correct"]["shape"]) for c in clips), "clips": len(clips),
+                      "median_fill": round(statistics.median(fills), 3) if fills else None}
+    return out
+
+
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -110,15 +123,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             text_rows = "".join(json.dumps(m) + "\n" for m in manifest)
             (args.out / "manifest.jsonl").write_text(text_rows, encoding="utf-8")
         scores = score_clips(everything)
-    by_shape = collections.defaultdict(list)
-    for c in scores["clips"]:
-        by_shape[c["intent"]["shape"]].append(c)
-    for shape, clips in sorted(by_shape.items()):
-        fills = [c["measured"].get("fill") for c in clips if c["measured"].get("fill") is not None]
-        fill = round(statistics.median(fills), 3) if fills else None
-        print(json.dumps({"shape": shape, "right": sum(bool(c["correct"]["shape"]) for c in clips),
-                          "clips": len(clips), "median_fill": fill}))
-    lines.append({"seeds": "all", "clips": len(everything), **setup, **figures(scores)})
+    shapes = by_shape(scores)
+    for shape, line in shapes.items():
+        print(json.dumps({"shape": shape, **line}))
+    lines.append({"seeds": "all", "clips": len(everything), **setup, **figures(scores), "shapes": shapes})
     for line in lines:
         print(json.dumps(line), flush=True)
     return lines
