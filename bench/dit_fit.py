@@ -111,6 +111,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     height, width = args.res
     clips = select_clips(args.manifest, args.num, height, width, args.frames)  # before any compute
+    cache = args.out / "cache"
+    if (cache / "index.json").is_file():
+        cached = [e["path"] for e in json.loads((cache / "index.json").read_text())["samples"]]
+        if sorted(cached) != sorted(r["path"] for r in clips):
+            raise SystemExit(f"{cache} holds other clips than --num {args.num} of {args.manifest} select: "
+                             "use another --out")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in clips))
     prompts = args.out / "prompts.jsonl"
@@ -124,7 +130,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     latent = (1 + math.ceil((args.frames - 1) / vae.temporal_stride), math.ceil(height / vae.spatial_stride),
               math.ceil(width / vae.spatial_stride))
     tokens = num_tokens(latent, patch)
-    cache = args.out / "cache"
     if not (cache / "index.json").is_file():
         precache.main(["--manifest", str(args.out / "train.jsonl"), "--out", str(cache), "--vae", meta["vae"],
                        "--text-encoder", meta["text_encoder"], "--patch", *map(str, patch),

@@ -41,3 +41,5 @@ def test_fits_a_tiny_dit_and_reports_three_sources(world, tiny_dit_ckpt, tmp_pat
     again = dit_fit.main(argv)  # cache and finished run reused: no new training step
     assert (out / "run" / "metrics.jsonl").read_text() == metrics
     assert [(x["source"], x["clips"]) for x in again] == [(x["source"], x["clips"]) for x in lines]
+    with pytest.raises(SystemExit, match="holds other clips"):  # same --out, another selection
+        dit_fit.main([*argv[:7], "2", *argv[8:]])
