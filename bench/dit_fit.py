@@ -1,6 +1,6 @@
 """Can the DiT fit a few clips? Fine-tune it on N training clips and score it on their own captions.
 
-    python -m bench.dit_fit --manifest runs/world_dit2/train.jsonl --num 13 --steps 3000 --out runs/fit13
+    python -m bench.dit_fit --manifest runs/world_dit2/train.jsonl --num 12 --steps 3000 --out runs/fitb12
 
 Takes the first --num rows of the manifest at --res with at least --frames frames (round-robin over the
 shapes, so they are balanced), encodes them with the init checkpoint's VAE at exactly that size
@@ -11,11 +11,11 @@ run, each one JSON line (accuracy per attribute, then per shape: clips read righ
 
     vae      the cached latents decoded: what a DiT that reproduced them exactly would score
     init     the init DiT before fine-tuning, at each --cfg
-    fitted   the fine-tuned EMA, at each --cfg
+    fitted   the fine-tuned EMA, at each --cfg (train_s: seconds this invocation spent training)
 
 A DiT that can fit its data reaches the `vae` line on a handful of clips; the gap between `init` and
 `vae` on clips it was trained on is underfitting, not generalisation. Resumable: a finished cache and
-a finished training run in --out are reused.
+a finished training run in --out are reused, and a larger --steps resumes the run.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--manifest", type=Path, required=True, help="training manifest (JSONL with shape, size)")
     ap.add_argument("--out", type=Path, required=True, help="work folder (cache, run, prompts)")
     ap.add_argument("--init", default="default", help="DiT checkpoint to fine-tune (default: embedded)")
-    ap.add_argument("--num", type=int, default=13)
+    ap.add_argument("--num", type=int, default=12)
     ap.add_argument("--steps", type=int, default=3000, help="fine-tuning steps")
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--res", type=int, nargs=2, default=(128, 128), metavar=("H", "W"))
