@@ -6,6 +6,7 @@ import torch
 
 from bench import prompt_following
 from data.synthetic import eval_prompts, load_eval_prompts, select_eval_prompts
+from videodit import sampling
 
 
 def test_eval_prompts_are_the_first_held_out_then_the_first_seen(tmp_path):
@@ -19,7 +20,7 @@ def test_eval_prompts_are_the_first_held_out_then_the_first_seen(tmp_path):
     assert len(default) == 96 and sum(r["heldout"] for r in default) == 48 and default[0]["heldout"]
 
 
-def test_runs_on_a_tiny_checkpoint_and_reuses_kept_latents(tiny_dit_ckpt, tmp_path, capsys):
+def test_runs_on_a_tiny_checkpoint_and_reuses_kept_latents(tiny_dit_ckpt, tmp_path, monkeypatch):
     ckpt = tiny_dit_ckpt
     argv = ["--dit", str(ckpt), "--num", "4", "--seeds", "7", "--frames", "5", "--res", "16", "24",
             "--latents", str(tmp_path / "lat"), "--out", str(tmp_path / "clips")]
@@ -29,8 +30,17 @@ def test_runs_on_a_tiny_checkpoint_and_reuses_kept_latents(tiny_dit_ckpt, tmp_pa
     latents = torch.load(kept, weights_only=True)
     assert len(latents) == 4 and tuple(latents[0].shape) == (4, 2, 2, 3)
     stamp = kept.stat().st_mtime_ns
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("kept latents must be reused, not sampled again")
+
+    monkeypatch.setattr(sampling, "sample", no_sampling)
     second = prompt_following.main(argv)
-    assert kept.stat().st_mtime_ns == stamp and first == second  # same latents, same scores
+    assert kept.stat().st_mtime_ns == stamp
+    # Scores are not compared exactly: CI once saw them differ on identical kept latents (this random tiny
+    # model's clips sit at the evaluator's thresholds, where a one-level pixel difference flips a reading).
+    assert [(x["seeds"], x["clips"] if "clips" in x else None) for x in second] == \
+        [(x["seeds"], x["clips"] if "clips" in x else None) for x in first]
     assert first[-1]["clips"] == 4 and first[-1]["steps"] == 2 and first[-1]["cfg"] == 2.0
     manifest = [json.loads(line) for line in (tmp_path / "clips" / "manifest.jsonl").read_text().splitlines()]
     assert [m["path"] for m in manifest] == [f"7-{i:04d}.mp4" for i in range(4)]
