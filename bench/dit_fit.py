@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from bench.prompt_following import by_shape, figures
 from bench.prompt_following import main as prompt_following
 from videodit.eval import score_clips
-from videodit.mp4 import read_mp4, write_mp4
+from videodit.mp4 import read_mp4
 
 SHAPES = ("circle", "square", "triangle")
 
@@ -56,23 +53,19 @@ def select_clips(manifest: Path, num: int, height: int, width: int, frames: int)
     return chosen
 
 
-@torch.no_grad()
-def decode_cache(cache: Path, vae, frames: int, tmp: Path) -> list[tuple]:
-    """The cached latents decoded (mp4 round trip, as generated clips go) -> [(frames uint8, caption)]."""
-    from safetensors.torch import load_file
+def decode_cache(cache: Path, vae, frames: int, height: int, width: int, folder: Path) -> list[tuple]:
+    """The cached latents decoded and written as mp4 the way generated clips are (`generate.decode_to_mp4`),
+    read back -> [(frames uint8, caption)]."""
+    import generate
+    from data.precache import LatentCache
 
-    index = json.loads((cache / "index.json").read_text())
-    shards: dict[str, dict] = {}
-    items = []
-    for e in index["samples"]:
-        if e["shard"] not in shards:
-            shards[e["shard"]] = load_file(cache / f"{e['shard']}.safetensors")
-        z = shards[e["shard"]][f"latent.{e['index']}"].float()[None]
-        video = vae.decode(z, num_frames=frames)[0]  # (3, F, H, W) in [-1, 1]
-        clip = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
-        path = tmp / f"vae-{e['index']}.mp4"
-        write_mp4(path, clip, fps=16)
-        items.append((read_mp4(path), e["caption"]))
+    source, items = LatentCache(cache), []
+    for j in range(len(source)):
+        s = source.load(j)
+        out = folder / f"vae-{j:04d}.mp4"
+        request = generate.GenRequest(s["caption"], frames, height, width, 0, "", out)
+        generate.decode_to_mp4(s["latent"], request, vae, 16.0)
+        items.append((read_mp4(out), s["caption"]))
     return items
 
 
@@ -103,6 +96,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     import yaml
 
+    import generate
     import train_video
     from data import precache
     from vae3d.io import load_vae
@@ -127,9 +121,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     dit, meta = load_dit(args.init)
     vae = load_vae(meta["vae"]).eval()
     patch = tuple(dit.config.patch)
-    latent = (1 + math.ceil((args.frames - 1) / vae.temporal_stride), math.ceil(height / vae.spatial_stride),
-              math.ceil(width / vae.spatial_stride))
-    tokens = num_tokens(latent, patch)
+    latent = generate.latent_shape(args.frames, height, width, vae.temporal_stride, vae.spatial_stride)
+    tokens = num_tokens(tuple(latent), patch)
     if not (cache / "index.json").is_file():
         precache.main(["--manifest", str(args.out / "train.jsonl"), "--out", str(cache), "--vae", meta["vae"],
                        "--text-encoder", meta["text_encoder"], "--patch", *map(str, patch),
@@ -157,7 +150,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     lines = []
     tmp = args.out / "vae_decoded"
     tmp.mkdir(exist_ok=True)
-    scores = score_clips(decode_cache(cache, vae, args.frames, tmp))
+    scores = score_clips(decode_cache(cache, vae, args.frames, height, width, tmp))
     lines.append({"source": "vae", "clips": len(clips), **figures(scores), "shapes": by_shape(scores)})
     for source, dit_dir in (("init", str(args.init)), ("fitted", str(run / "ema"))):
         for cfg in args.cfg:
