@@ -130,14 +130,14 @@ class LatentCache:
     """Loader source over a precache folder: sample j = index.json's j-th sample (unreadable ones are
     already left out). Yields {"latent": (c, T, h, w), "text": (L, D), "caption", "path", "index"}."""
 
-    def __init__(self, folder: str | Path, patch: tuple[int, int, int] = (1, 2, 2)):
+    def __init__(self, folder: str | Path, patch: tuple[int, int, int] = (1, 2, 2), causal: bool = False):
         self.folder = Path(folder)
         index_path = self.folder / INDEX
         if not index_path.is_file():
             raise ValueError(f"latent cache {str(self.folder)!r} has no {INDEX}; run python -m data.precache")
         self.index = json.loads(index_path.read_text())
         self.samples = self.index["samples"]
-        self.patch = tuple(patch)
+        self.patch, self.causal = tuple(patch), causal
         self.stats = {"skipped": len(self.index.get("skipped", [])), "yielded": 0}
         self._open: tuple[str, object] | None = None
 
@@ -148,7 +148,7 @@ class LatentCache:
         pass
 
     def token_length(self, j: int) -> int:
-        return latent_token_count(tuple(self.samples[j]["latent_shape"]), self.patch)
+        return latent_token_count(tuple(self.samples[j]["latent_shape"]), self.patch, self.causal)
 
     def _handle(self, shard: str):
         if self._open is None or self._open[0] != shard:
@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
                         "set it to --max-frames to keep whole clips when captions describe the whole clip")
     p.add_argument("--target-fps", type=float, default=SamplingConfig.target_fps)
     p.add_argument("--patch", type=int, nargs=3, default=list(SamplingConfig.patch))
+    p.add_argument("--causal-tubelet", action="store_true",
+                   help="count tokens for a DiT with model.causal_tubelet (latent frame 0 alone)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-size", type=int, default=64)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     sampling = SamplingConfig(min_tokens=args.min_tokens, max_tokens=args.max_tokens,
                               max_frames=args.max_frames, min_frames=args.min_frames,
-                              target_fps=args.target_fps, patch=tuple(args.patch))
+                              target_fps=args.target_fps, patch=tuple(args.patch), causal=args.causal_tubelet)
     index = precache(args.manifest, args.out, args.vae, args.text_encoder, sampling, args.seed,
                      args.shard_size, rank, world, device, getattr(torch, args.dtype))
     if index is not None:

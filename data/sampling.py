@@ -7,6 +7,7 @@ VAE with temporal stride `ts` maps to exactly `1 + k` latent frames.
 
 Token count of a clip of F frames at H x W (VAE strides ts, ss; patch (pt, ph, pw)):
     T = 1 + ceil((F - 1) / ts);  tokens = ceil(T / pt) * (H / (ss*ph)) * (W / (ss*pw))
+(a causal tubelet has 1 + ceil((T - 1) / pt) temporal groups instead of ceil(T / pt)).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+
+from videodit.patchify import lead_frames, patch_grid
 
 
 @dataclass
@@ -23,6 +26,7 @@ class SamplingConfig:
     temporal_stride: int = 4  # VAE ts
     spatial_stride: int = 8  # VAE ss
     patch: tuple[int, int, int] = (1, 2, 2)  # DiT (pt, ph, pw)
+    causal: bool = False  # DiT causal tubelet: latent frame 0 has tokens of its own (videodit.patchify)
     min_tokens: int = 64  # per-clip latent tokens: lower bound of the random target
     max_tokens: int = 1024  # upper bound; never exceeded (the loader's row budget must be >= this)
     target_fps: float = 8.0  # frame rate the model sees; 0 keeps the file's rate
@@ -70,17 +74,16 @@ def latent_frames(num_frames: int, temporal_stride: int) -> int:
 
 def token_count(num_frames: int, height: int, width: int, cfg: SamplingConfig) -> int:
     """Patch tokens of a clip of `num_frames` x `height` x `width` pixels."""
-    pt, ph, pw = cfg.patch
     T = latent_frames(num_frames, cfg.temporal_stride)
     h = math.ceil(height / cfg.spatial_stride)
     w = math.ceil(width / cfg.spatial_stride)
-    return math.ceil(T / pt) * math.ceil(h / ph) * math.ceil(w / pw)
+    return latent_token_count((T, h, w), cfg.patch, cfg.causal)
 
 
-def latent_token_count(latent_shape: tuple[int, ...], patch: tuple[int, int, int]) -> int:
+def latent_token_count(latent_shape: tuple[int, ...], patch: tuple[int, int, int], causal: bool = False) -> int:
     """Patch tokens of a latent (c, T, h, w) (or (T, h, w))."""
-    T, h, w = latent_shape[-3:]
-    return math.ceil(T / patch[0]) * math.ceil(h / patch[1]) * math.ceil(w / patch[2])
+    t, h, w = patch_grid(tuple(latent_shape[-3:]), tuple(patch), causal)
+    return t * h * w
 
 
 def frame_stride(src_fps: float, target_fps: float) -> int:
@@ -142,9 +145,9 @@ def plan_clip(num_frames: int, src_fps: float, height: int, width: int, cfg: Sam
     """Frames and resolution for one clip; its token count is at most cfg.max_tokens."""
     pt = cfg.patch[0]
     max_groups = cfg.max_tokens  # at least one spatial token per latent frame group
-    max_count = 1 + (max_groups * pt - 1) * cfg.temporal_stride
+    max_count = 1 + (max_groups * pt - lead_frames(cfg.patch, cfg.causal) - 1) * cfg.temporal_stride
     indices = choose_frames(num_frames, src_fps, cfg, rng, max_count=max_count)
-    groups = math.ceil(latent_frames(len(indices), cfg.temporal_stride) / pt)
+    groups = patch_grid((latent_frames(len(indices), cfg.temporal_stride), 1, 1), cfg.patch, cfg.causal)[0]
     target = rng.uniform(cfg.min_tokens, cfg.max_tokens)
     spatial = min(target, cfg.max_tokens) / groups
     H, W = choose_resolution(height, width, spatial, cfg)

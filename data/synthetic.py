@@ -177,17 +177,17 @@ def _row(spec: ClipSpec, path: str, caption: str, heldout: bool) -> dict:
 
 def render_split(
     out: Path, split: str, combos: list, num: int, seed: int,
-    sizes: list[tuple[int, int]], frame_counts: list[int], fps: float = 8.0,
+    sizes: list[tuple[int, int]], frame_counts: list[int], fps: float = 8.0, first: int = 0,
 ) -> list[dict]:
-    """Render `num` clips cycling through `combos` (reshuffled each cycle) -> manifest rows.
+    """Render `num` clips numbered `first`.. cycling through `combos` (reshuffled each cycle) -> manifest rows.
 
     Clip i uses its own generator seeded by (seed, split, i), so any subset can be re-rendered alone.
     """
     split_id = {"train": 0, "heldout": 1}[split]
-    order_rng = np.random.default_rng([seed, split_id, 1 << 30])
+    order_rng = np.random.default_rng([seed, split_id, 1 << 30] + ([first] if first else []))
     order: list[int] = []
     rows = []
-    for i in range(num):
+    for i in range(first, first + num):
         if not order:
             order = list(order_rng.permutation(len(combos)))
         rng = np.random.default_rng([seed, split_id, i])
@@ -262,22 +262,41 @@ def eval_prompts(num: int, seed: int = 1234, heldout_fraction: float = 0.5) -> l
     return prompts
 
 
+Stratum = tuple[int, int, int, int, int]  # (min_size, max_size, min_frames, max_frames, clips)
+
+
 def render_dataset(
     out: str | Path, num: int, seed: int = 0, num_heldout: int | None = None,
     min_size: int = 48, max_size: int = 96, min_frames: int = 9, max_frames: int = 33,
-    fps: float = 8.0, num_prompts: int = 0,
+    fps: float = 8.0, num_prompts: int = 0, strata: list[Stratum] | None = None,
 ) -> dict:
-    """Render the training and held-out splits (and optional eval prompts) under `out` -> summary dict."""
-    if num < 0:
-        raise ValueError(f"num must be >= 0, got {num}")
+    """Render the training and held-out splits (and optional eval prompts) under `out` -> summary dict.
+
+    `strata`: several (min_size, max_size, min_frames, max_frames, clips) ranges rendered one after the
+    other into the same splits (e.g. many small clips, fewer long or 720p ones); `num` and the size and
+    frame ranges are then ignored, and each stratum gets held-out clips in proportion."""
+    if strata is None:
+        strata = [(min_size, max_size, min_frames, max_frames, num)]
+    elif not strata:
+        raise ValueError("strata must name at least one (min_size, max_size, min_frames, max_frames, clips)")
+    if any(n < 0 for *_, n in strata):
+        raise ValueError(f"clip counts must be >= 0, got {[n for *_, n in strata]}")
+    num = sum(n for *_, n in strata)
     num_heldout = max(1, num // 10) if num_heldout is None else num_heldout
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sizes, frame_counts = resolutions(min_size, max_size), durations(min_frames, max_frames)
     t0 = time.perf_counter()
-    train = render_split(out, "train", training_combos(), num, seed, sizes, frame_counts, fps)
-    held = render_split(out, "heldout", heldout_combos(), num_heldout, seed, sizes, frame_counts, fps)
+    train, held, all_sizes, all_frames = [], [], [], []
+    for k, (lo, hi, f_lo, f_hi, n) in enumerate(strata):
+        sizes, frame_counts = resolutions(lo, hi), durations(f_lo, f_hi)
+        all_sizes += [s for s in sizes if s not in all_sizes]
+        all_frames += [f for f in frame_counts if f not in all_frames]
+        n_held = (num_heldout * sum(s[-1] for s in strata[: k + 1]) // max(num, 1)) - len(held)
+        train += render_split(out, "train", training_combos(), n, seed, sizes, frame_counts, fps, len(train))
+        held += render_split(out, "heldout", heldout_combos(), n_held, seed, sizes, frame_counts, fps,
+                             len(held))
     seconds = time.perf_counter() - t0
+    num_heldout = len(held)
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "heldout.jsonl", held)
     if num_prompts:
@@ -285,13 +304,13 @@ def render_dataset(
     total = num + num_heldout
     return {"out": str(out), "train": num, "heldout": num_heldout, "prompts": num_prompts,
             "seconds": round(seconds, 2), "clips_per_s": round(total / max(seconds, 1e-9), 1),
-            "resolutions": [f"{h}x{w}" for h, w in sizes], "durations": frame_counts}
+            "resolutions": [f"{h}x{w}" for h, w in all_sizes], "durations": sorted(all_frames)}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--num", type=int, required=True, help="training clips")
+    p.add_argument("--num", type=int, default=None, help="training clips")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-heldout", type=int, default=None, help="held-out clips (default num // 10)")
     p.add_argument("--min-size", type=int, default=48, help="smallest side in pixels")
@@ -300,9 +319,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-frames", type=int, default=33)
     p.add_argument("--fps", type=float, default=8.0)
     p.add_argument("--prompts", type=int, default=0, help="also write N evaluation prompts")
+    p.add_argument("--stratum", type=int, nargs=5, action="append", default=None,
+                   metavar=("MIN_SIZE", "MAX_SIZE", "MIN_FRAMES", "MAX_FRAMES", "CLIPS"),
+                   help="render CLIPS clips of these ranges; repeat for a mix (replaces --num and the ranges)")
     a = p.parse_args(argv)
-    summary = render_dataset(a.out, a.num, a.seed, a.num_heldout, a.min_size, a.max_size,
-                             a.min_frames, a.max_frames, a.fps, a.prompts)
+    if a.num is None and not a.stratum:
+        p.error("give --num or at least one --stratum")
+    summary = render_dataset(a.out, a.num or 0, a.seed, a.num_heldout, a.min_size, a.max_size,
+                             a.min_frames, a.max_frames, a.fps, a.prompts,
+                             [tuple(s) for s in a.stratum] if a.stratum else None)
     print(json.dumps(summary))
 
 

@@ -295,7 +295,8 @@ def flow_loss(
         raise ValueError(f"got {len(latents)} latents but {len(text_embeds)} text embeddings")
     patch = tuple(model.config.patch)
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    lengths = [num_tokens(tuple(z.shape[1:]), patch) for z in latents]
+    causal = bool(getattr(model.config, "causal_tubelet", False))
+    lengths = [num_tokens(tuple(z.shape[1:]), patch, causal) for z in latents]
     t = sample_timesteps(lengths, cfg, generator)  # (B,)
     drop_text = torch.rand(len(latents), generator=generator, device=gen_device) < cfg.text_drop_prob  # (B,)
     texts = [e[:0] if drop else e for e, drop in zip(text_embeds, drop_text.tolist())]
@@ -304,7 +305,7 @@ def flow_loss(
         noise = torch.randn(z.shape, generator=generator, device=gen_device).to(z)  # (C, T, H, W)
         noisy.append(interpolate(z, noise, t_i))
         targets.append(noise - z)  # velocity
-    packed = pack(noisy, texts, patch, drop_rate=drop_rate, generator=generator)
+    packed = pack(noisy, texts, patch, drop_rate=drop_rate, generator=generator, causal=causal)
     target = pack_like(packed, targets)  # (N, D_in)
     pred = model.forward_packed(packed, t.to(latents[0].device))  # (N, D_in)
     prediction = getattr(model.config, "prediction", "velocity")

@@ -38,6 +38,10 @@ class DiTConfig:
     depth: int = 2  # number of DiT blocks
     num_heads: int = 4  # attention heads nh; head dim dh = D / nh must be even and >= 6 (3D RoPE)
     patch: tuple[int, int, int] = (1, 2, 2)  # tubelet (pt, ph, pw) over latent (T, H, W)
+    # Causal tubelet: latent frame 0 (the causal VAE's lone first frame, all there is of an image) gets
+    # tokens of its own and later frames group in pt's (videodit.patchify), so a clean first frame can be
+    # given as whole tokens. Changes nothing when pt = 1.
+    causal_tubelet: bool = False
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * D
     rope: Literal["integer", "fractional"] = "integer"  # token positions as grid indices, or NaViT-scaled
     rope_theta: float = 10000.0
@@ -341,9 +345,12 @@ class VideoDiT(nn.Module):
                 f"({packed.tokens.shape[-1]} per patch), the model expects in_channels={cfg.in_channels} "
                 f"({cfg.patch_dim} per patch)"
             )
-        if tuple(packed.patch) != tuple(cfg.patch):
+        if tuple(packed.patch) != tuple(cfg.patch) or (packed.causal and cfg.patch[0] > 1) != (
+            cfg.causal_tubelet and cfg.patch[0] > 1
+        ):
             raise ValueError(
-                f"batch was packed with patch {packed.patch} but the model uses patch {cfg.patch}"
+                f"batch was packed with patch {packed.patch} (causal {packed.causal}) but the model uses "
+                f"patch {cfg.patch} (causal {cfg.causal_tubelet})"
             )
         if packed.text.shape[-1] != cfg.text_dim:
             raise ValueError(
@@ -438,7 +445,7 @@ class VideoDiT(nn.Module):
                     f"mismatched channels: latent {i} has shape {tuple(z.shape)}, "
                     f"the model expects (C={self.config.in_channels}, T, H, W)"
                 )
-        packed = pack(latents, text_embeds, self.config.patch)
+        packed = pack(latents, text_embeds, self.config.patch, causal=self.config.causal_tubelet)
         out = self.forward_packed(packed, timesteps, skip_blocks)
         return [z.to(latents[0].dtype) for z in unpack(packed, out, self.config.in_channels)]
 

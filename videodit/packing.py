@@ -46,6 +46,7 @@ class PackedBatch:
     text_max_seqlen: int
     patch: Patch
     channels: int
+    causal: bool = False  # causal tubelet: latent frame 0 has tokens of its own (videodit.patchify)
 
     @property
     def num_samples(self) -> int:
@@ -144,11 +145,12 @@ def pack(
     patch: Patch,
     drop_rate: DropRate = 0.0,
     generator: torch.Generator | None = None,
+    causal: bool = False,
 ) -> PackedBatch:
     """Patchify and pack `latents` [(C, T_i, H_i, W_i)] with their `text_embeds` [(L_i, D_text)].
 
     `drop_rate` (constant or `f(num_tokens) -> rate`) drops that fraction of each sample's tokens at random
-    (NaViT); `generator` makes the choice reproducible.
+    (NaViT); `generator` makes the choice reproducible. `causal`: the causal tubelet of `spacetime_patchify`.
     """
     channels = _check_latents(latents)
     if len(text_embeds) != len(latents):
@@ -166,7 +168,7 @@ def pack(
     device = latents[0].device
     tokens, pos, ids, grids, sizes, keep = [], [], [], [], [], []
     for i, z in enumerate(latents):
-        tok, grid = spacetime_patchify(z, patch)  # (L_i, D_in)
+        tok, grid = spacetime_patchify(z, patch, causal)  # (L_i, D_in)
         k = _keep_indices(tok.shape[0], drop_rate, generator).to(device)
         tokens.append(tok[k])
         pos.append(grid_positions(grid, device)[k])  # (L_kept, 3)
@@ -195,6 +197,7 @@ def pack(
         text_max_seqlen=max(text_lengths),
         patch=tuple(patch),
         channels=channels,
+        causal=causal,
     )
 
 
@@ -210,7 +213,7 @@ def pack_like(packed: PackedBatch, latents: Sequence[torch.Tensor]) -> torch.Ten
             raise ValueError(
                 f"latent {i} has size {tuple(z.shape[1:])} but the packed sample has {packed.sizes[i]}"
             )
-        tok, _ = spacetime_patchify(z, packed.patch)  # (L_i, D)
+        tok, _ = spacetime_patchify(z, packed.patch, packed.causal)  # (L_i, D)
         out.append(tok[k.to(tok.device)])
     return torch.cat(out)  # (N, D)
 
@@ -225,11 +228,12 @@ def unpack(packed: PackedBatch, tokens: torch.Tensor, channels: int) -> list[tor
         grid = packed.grids[i]
         full = part.new_zeros(grid[0] * grid[1] * grid[2], tokens.shape[1])  # (L_i, D)
         full[packed.keep[i].to(part.device)] = part
-        out.append(spacetime_unpatchify(full, grid, packed.patch, channels, size=packed.sizes[i]))
+        out.append(spacetime_unpatchify(full, grid, packed.patch, channels, size=packed.sizes[i],
+                                        causal=packed.causal))
     return out
 
 
-def num_tokens(size: tuple[int, int, int], patch: Patch) -> int:
+def num_tokens(size: tuple[int, int, int], patch: Patch, causal: bool = False) -> int:
     """Number of tokens of a latent of size (T, H, W) before dropping."""
-    t, h, w = patch_grid(size, patch)
+    t, h, w = patch_grid(size, patch, causal)
     return t * h * w

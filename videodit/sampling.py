@@ -87,10 +87,11 @@ def initial_noise(channels: int, size: tuple[int, int, int], seed: int) -> torch
     return torch.randn((channels, *size), generator=gen)
 
 
-def request_tokens(req: Request, patch: tuple[int, int, int], guided: bool, skip_pass: bool = False) -> int:
+def request_tokens(req: Request, patch: tuple[int, int, int], guided: bool, skip_pass: bool = False,
+                   causal: bool = False) -> int:
     """Tokens one request adds to every forward pass: its grid, once more for CFG's unconditional pass and
     once more for skip-layer guidance's pass."""
-    return num_tokens(req.size, patch) * (1 + int(guided) + int(skip_pass))
+    return num_tokens(req.size, patch, causal) * (1 + int(guided) + int(skip_pass))
 
 
 @torch.no_grad()
@@ -142,7 +143,8 @@ def sample(
     flow_cfg = flow_cfg or FlowConfig()
     patch = tuple(model.config.patch)
     guided = guidance != 1.0
-    costs = [request_tokens(r, patch, guided, skip_guidance > 0) for r in requests]
+    causal = bool(getattr(model.config, "causal_tubelet", False))
+    costs = [request_tokens(r, patch, guided, skip_guidance > 0, causal) for r in requests]
     budget = max([token_budget or sum(costs), *costs])
     out: list[torch.Tensor | None] = [None] * len(requests)
     for group in plan_rows(costs, budget):
@@ -175,7 +177,8 @@ def _denoise_group(
     channels = int(model.config.in_channels)
     guided = guidance != 1.0
     prediction = getattr(model.config, "prediction", "velocity")
-    shifts = [timestep_shift(num_tokens(r.size, patch), flow_cfg) for r in requests]
+    causal = bool(getattr(model.config, "causal_tubelet", False))
+    shifts = [timestep_shift(num_tokens(r.size, patch, causal), flow_cfg) for r in requests]
     scheds = [make_scheduler(sampler, shift, steps) for shift in shifts]
     latents = [initial_noise(channels, r.size, r.seed).to(device) for r in requests]  # float32 (C, T, h, w)
     starts = [0] * len(requests)  # each request's first scheduler step (> 0 for an SDEdit start)
