@@ -60,15 +60,21 @@ class DataConfig:
     row_tokens: int = 1024  # token budget of one packed row (= one micro-batch per rank)
     min_tokens: int = 64  # per-clip random token target lies in [min_tokens, max_tokens]
     max_tokens: int = 1024
+    # NaViT token dropping for large samples: a sample with more tokens trains on a random keep_tokens of
+    # them (0 = keep all); rows are planned with the kept counts, so 720p clips fit small rows
+    keep_tokens: int = 0
     target_fps: float = 8.0
     min_frames: int = 1
     max_frames: int = 33
     window: int = 32  # samples planned into rows together
 
     def __post_init__(self):
-        if self.max_tokens > self.row_tokens:
+        if not 0 <= self.keep_tokens <= self.row_tokens:
+            raise ValueError(f"data.keep_tokens ({self.keep_tokens}) must be in [0, data.row_tokens "
+                             f"({self.row_tokens})]")
+        if min(self.max_tokens, self.keep_tokens or self.max_tokens) > self.row_tokens:
             raise ValueError(f"data.max_tokens ({self.max_tokens}) must be <= data.row_tokens "
-                             f"({self.row_tokens}): one clip must fit in a row")
+                             f"({self.row_tokens}) unless data.keep_tokens caps it: one clip must fit in a row")
 
 
 @dataclass
@@ -129,7 +135,7 @@ class RunConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def __post_init__(self):
-        if self.flow.pixel_weight > 0 and self.train.token_drop > 0:
+        if self.flow.pixel_weight > 0 and (self.train.token_drop > 0 or self.data.keep_tokens > 0):
             raise ValueError("flow.pixel_weight > 0 needs train.token_drop 0 (a dropped token has no x0 "
                              f"prediction to decode), got token_drop {self.train.token_drop}")
 
@@ -158,7 +164,7 @@ def setup_logging(out: Path, rank: int) -> None:
 def build_data(cfg: RunConfig, rank: int, world: int, device: torch.device):
     """-> (loader, encoders) where encoders = (vae, text_encoder) in raw mode, None with a cache."""
     if cfg.data.cache:
-        source = LatentCache(cfg.data.cache, patch=cfg.model.patch)
+        source = LatentCache(cfg.data.cache, patch=cfg.model.patch, causal=cfg.model.causal_tubelet)
         encoders = None
     elif cfg.data.manifest:
         from data.dataset import VideoDataset
@@ -175,14 +181,15 @@ def build_data(cfg: RunConfig, rank: int, world: int, device: torch.device):
             )
         d = cfg.data
         sampling = SamplingConfig(temporal_stride=vae.temporal_stride, spatial_stride=vae.spatial_stride,
-                                  patch=cfg.model.patch, min_tokens=d.min_tokens, max_tokens=d.max_tokens,
+                                  patch=cfg.model.patch, causal=cfg.model.causal_tubelet,
+                                  min_tokens=d.min_tokens, max_tokens=d.max_tokens,
                                   target_fps=d.target_fps, min_frames=d.min_frames, max_frames=d.max_frames)
         source = VideoDataset(d.manifest, sampling, seed=cfg.train.seed)  # manifest errors raise here
         encoders = (vae, text_encoder)
     else:
         raise ValueError("set data.manifest (raw videos) or data.cache (latent cache folder)")
     loader = PackedLoader(source, cfg.data.row_tokens, seed=cfg.train.seed, rank=rank, world_size=world,
-                          window=cfg.data.window)
+                          window=cfg.data.window, keep_tokens=cfg.data.keep_tokens)
     return loader, encoders
 
 
@@ -273,6 +280,15 @@ def row_to_latents(row: list[dict], encoders, device) -> tuple[list[torch.Tensor
     latents = [vae.encode(s["video"][None].to(device))[0] for s in row]  # each (c, T, h, w)
     texts, _ = text_encoder.encode([s["caption"] for s in row])
     return latents, [t.float() for t in texts]
+
+
+def drop_rate(cfg: RunConfig):
+    """NaViT token drop rate for the flow loss: train.token_drop, raised for samples above data.keep_tokens
+    so they keep exactly that many tokens."""
+    rate, keep = cfg.train.token_drop, cfg.data.keep_tokens
+    if not keep:
+        return rate
+    return lambda n: max(rate, 1.0 - keep / n)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -504,7 +520,7 @@ def main(argv=None) -> None:
             latents, texts = row_to_latents(row, encoders, device)
             gen = step_generator(cfg.train.seed, rank, step, attempt)
             attempt += 1
-            loss, _ = flow_loss(_EngineModel(engine), latents, texts, cfg.flow, gen, cfg.train.token_drop,
+            loss, _ = flow_loss(_EngineModel(engine), latents, texts, cfg.flow, gen, drop_rate(cfg),
                                 loss_map, pixel_decoder)
             if any_rank(not bool(torch.isfinite(loss)), device):  # all ranks skip together
                 nan_skips += 1

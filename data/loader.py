@@ -28,7 +28,7 @@ class PackedLoader:
     """Iterate rows: each row is a list of sample dicts whose token counts sum to <= `budget`."""
 
     def __init__(self, source, budget: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 window: int = 32, shuffle: bool = True):
+                 window: int = 32, shuffle: bool = True, keep_tokens: int = 0):
         if budget < 1:
             raise ValueError(f"budget must be >= 1 token, got {budget}")
         if window < 1:
@@ -37,6 +37,9 @@ class PackedLoader:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         self.source, self.budget, self.seed = source, budget, seed
         self.rank, self.world_size, self.window, self.shuffle = rank, world_size, window, shuffle
+        # a sample longer than keep_tokens trains on a random keep_tokens of its tokens (NaViT token
+        # dropping, done by the flow loss): rows are planned with what is kept
+        self.keep_tokens = keep_tokens
         self.epoch, self.window_index, self.row_index = 0, 0, 0
 
     # ------------------------------------------------------------ position
@@ -65,6 +68,8 @@ class PackedLoader:
         mine = self.my_indices(epoch)
         chunk = mine[window_index * self.window : (window_index + 1) * self.window]
         lengths = {i: self.source.token_length(i) for i in chunk}
+        if self.keep_tokens:
+            lengths = {i: None if n is None else min(n, self.keep_tokens) for i, n in lengths.items()}
         valid = [i for i in chunk if lengths[i] is not None]
         rows = [[valid[j] for j in row] for row in plan_rows([lengths[i] for i in valid], self.budget)]
         if self.shuffle:

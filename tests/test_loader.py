@@ -41,6 +41,14 @@ def test_rows_fit_budget_and_cover_each_epoch_once():
     assert epoch0 == [i for i in range(40) if i % 5 != 4]
 
 
+def test_keep_tokens_plans_rows_with_the_kept_counts_of_long_samples():
+    # samples of up to 13 tokens, rows of 8: only possible because each keeps at most 6 tokens
+    loader = PackedLoader(FakeSource(40), budget=8, seed=1, window=8, keep_tokens=6)
+    rows = list(itertools.islice(iter(loader), 100))
+    assert all(sum(min(s["tokens"], 6) for s in row) <= 8 for row in rows)
+    assert any(s["tokens"] > 8 for row in rows for s in row)
+
+
 def test_deterministic_and_depends_on_seed_and_epoch():
     take = lambda seed: ids(itertools.islice(iter(PackedLoader(FakeSource(40), 20, seed=seed, window=8)), 30))  # noqa: E731
     assert take(3) == take(3)

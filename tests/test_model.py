@@ -48,9 +48,10 @@ def test_fresh_model_outputs_zeros():
 
 
 @pytest.mark.parametrize("backend", available_backends("cpu"))
-@pytest.mark.parametrize("rope", ["integer", "fractional"])
-def test_prediction_same_alone_or_packed(backend, rope):
-    model = perturb(tiny(attention=backend, rope=rope)).eval()
+@pytest.mark.parametrize("rope,patch,causal", [("integer", (1, 2, 2), False), ("fractional", (1, 2, 2), False),
+                                               ("fractional", (2, 2, 2), True)])
+def test_prediction_same_alone_or_packed(backend, rope, patch, causal):
+    model = perturb(tiny(attention=backend, rope=rope, patch=patch, causal_tubelet=causal)).eval()
     latents, t, texts = samples()
     with torch.no_grad():
         packed = model.forward_samples(latents, t, texts)
@@ -204,3 +205,14 @@ def test_skip_blocks_make_named_blocks_identity_for_that_sample_only():
         model.forward_samples(latents, t, texts, skip_blocks=[frozenset({3})] * 4)
     with pytest.raises(ValueError, match="entries"):
         model.forward_samples(latents, t, texts, skip_blocks=[frozenset()])
+
+
+def test_causal_model_refuses_a_batch_packed_without_its_tubelet():
+    model = perturb(tiny(patch=(2, 2, 2), causal_tubelet=True)).eval()
+    z = torch.randn(4, 3, 4, 4)
+    text = [torch.randn(2, TEXT_DIM)]
+    with torch.no_grad():
+        out = model.forward_samples([z], torch.tensor([0.4]), text)[0]
+        assert out.shape == z.shape
+        with pytest.raises(ValueError, match="causal"):
+            model.forward_packed(pack([z], text, (2, 2, 2)), torch.tensor([0.4]))

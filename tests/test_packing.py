@@ -104,3 +104,14 @@ def test_errors_name_the_problem():
     packed = pack(latents, texts, PATCH)
     with pytest.raises(ValueError, match="latent 0 has size"):
         pack_like(packed, [torch.randn(4, 1, 1, 1)] + latents[1:])
+
+
+def test_causal_packing_round_trips_and_counts_tokens():
+    latents = [torch.randn(4, t, 4, 6) for t in (1, 2, 5)]
+    texts = [torch.randn(3, 8) for _ in latents]
+    packed = pack(latents, texts, (2, 2, 2), causal=True)
+    assert packed.seqlens == [num_tokens(tuple(z.shape[1:]), (2, 2, 2), causal=True) for z in latents]
+    assert packed.seqlens == [1 * 6, 2 * 6, 3 * 6]  # T = 1, 2, 5 -> 1 + ceil((T - 1) / 2) groups
+    back = unpack(packed, packed.tokens, 4)
+    assert all(torch.equal(a, b) for a, b in zip(back, latents))
+    assert torch.equal(pack_like(packed, latents), packed.tokens)

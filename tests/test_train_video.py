@@ -99,6 +99,31 @@ def test_trains_from_latent_cache(tmp_path, assets, one_rank):
     assert meta["trained_latent_max"] == [max(s[k] for s in shapes) for k in (1, 2, 3)]
 
 
+def test_causal_tubelet_trains_from_a_cache_with_long_samples_capped(tmp_path, assets, one_rank):
+    """A causal-tubelet model trains from a cache whose largest samples exceed the row budget: they keep
+    data.keep_tokens tokens each (NaViT token dropping)."""
+    from vae3d.io import load_vae
+
+    sampling = SamplingConfig(min_tokens=48, max_tokens=96, max_frames=9, patch=(2, 1, 1), causal=True)
+    precache(assets["manifest"], tmp_path / "cache", load_vae(str(assets["vae"])), "default", sampling)
+    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    assert max(train_video.LatentCache(tmp_path / "cache", (2, 1, 1), causal=True).token_length(j)
+               for j in range(len(index["samples"]))) > 32
+    metrics = run(assets, tmp_path / "causal", **{
+        "train.max_steps": 2, "data.cache": tmp_path / "cache", "model.patch": "[2,1,1]",
+        "model.causal_tubelet": "true", "data.row_tokens": 32, "data.max_tokens": 32, "data.keep_tokens": 24})
+    assert len(metrics) == 2 and all(math.isfinite(m["loss"]) for m in metrics)
+    cfg = json.loads((tmp_path / "causal" / "ema" / "config.json").read_text())["dit"]
+    assert cfg["causal_tubelet"] is True
+
+
+def test_keep_tokens_must_fit_a_row():
+    with pytest.raises(ValueError, match="keep_tokens"):
+        train_video.DataConfig(row_tokens=32, max_tokens=32, keep_tokens=64)
+    assert train_video.drop_rate(train_video.RunConfig(data=train_video.DataConfig(
+        row_tokens=64, max_tokens=512, keep_tokens=64)))(256) == pytest.approx(0.75)
+
+
 def test_manifest_missing_columns_refused_at_start(tmp_path, assets, one_rank):
     bad = tmp_path / "m.csv"
     bad.write_text("file,text\nclip0.mp4,hello\n")
