@@ -74,7 +74,7 @@ class DataConfig:
                              f"({self.row_tokens})]")
         if min(self.max_tokens, self.keep_tokens or self.max_tokens) > self.row_tokens:
             raise ValueError(f"data.max_tokens ({self.max_tokens}) must be <= data.row_tokens "
-                             f"({self.row_tokens}) unless data.keep_tokens caps it: one clip must fit in a row")
+                             f"({self.row_tokens}) unless data.keep_tokens caps it: a clip must fit a row")
 
 
 @dataclass

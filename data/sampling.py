@@ -80,7 +80,8 @@ def token_count(num_frames: int, height: int, width: int, cfg: SamplingConfig) -
     return latent_token_count((T, h, w), cfg.patch, cfg.causal)
 
 
-def latent_token_count(latent_shape: tuple[int, ...], patch: tuple[int, int, int], causal: bool = False) -> int:
+def latent_token_count(latent_shape: tuple[int, ...], patch: tuple[int, int, int],
+                       causal: bool = False) -> int:
     """Patch tokens of a latent (c, T, h, w) (or (T, h, w))."""
     t, h, w = patch_grid(tuple(latent_shape[-3:]), tuple(patch), causal)
     return t * h * w

@@ -179,7 +179,7 @@ def render_split(
     out: Path, split: str, combos: list, num: int, seed: int,
     sizes: list[tuple[int, int]], frame_counts: list[int], fps: float = 8.0, first: int = 0,
 ) -> list[dict]:
-    """Render `num` clips numbered `first`.. cycling through `combos` (reshuffled each cycle) -> manifest rows.
+    """Render `num` clips numbered from `first`, cycling through `combos` (reshuffled each cycle) -> rows.
 
     Clip i uses its own generator seeded by (seed, split, i), so any subset can be re-rendered alone.
     """
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prompts", type=int, default=0, help="also write N evaluation prompts")
     p.add_argument("--stratum", type=int, nargs=5, action="append", default=None,
                    metavar=("MIN_SIZE", "MAX_SIZE", "MIN_FRAMES", "MAX_FRAMES", "CLIPS"),
-                   help="render CLIPS clips of these ranges; repeat for a mix (replaces --num and the ranges)")
+                   help="render CLIPS clips of these ranges; repeat for a mix (replaces --num and ranges)")
     a = p.parse_args(argv)
     if a.num is None and not a.stratum:
         p.error("give --num or at least one --stratum")

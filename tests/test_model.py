@@ -48,7 +48,8 @@ def test_fresh_model_outputs_zeros():
 
 
 @pytest.mark.parametrize("backend", available_backends("cpu"))
-@pytest.mark.parametrize("rope,patch,causal", [("integer", (1, 2, 2), False), ("fractional", (1, 2, 2), False),
+@pytest.mark.parametrize("rope,patch,causal", [("integer", (1, 2, 2), False),
+                                               ("fractional", (1, 2, 2), False),
                                                ("fractional", (2, 2, 2), True)])
 def test_prediction_same_alone_or_packed(backend, rope, patch, causal):
     model = perturb(tiny(attention=backend, rope=rope, patch=patch, causal_tubelet=causal)).eval()
