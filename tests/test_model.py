@@ -217,3 +217,50 @@ def test_causal_model_refuses_a_batch_packed_without_its_tubelet():
         assert out.shape == z.shape
         with pytest.raises(ValueError, match="causal"):
             model.forward_packed(pack([z], text, (2, 2, 2)), torch.tensor([0.4]))
+
+
+def test_frame_timesteps_equal_to_the_sample_timestep_change_nothing():
+    model = perturb(tiny(patch=(2, 2, 2), causal_tubelet=True)).eval()
+    latents, t, texts = samples()
+    frames = [torch.full((z.shape[1],), float(ti)) for z, ti in zip(latents, t)]
+    with torch.no_grad():
+        plain = model.forward_samples(latents, t, texts)
+        per_frame = model.forward_samples(latents, t, texts, frame_timesteps=frames)
+    for a, b in zip(plain, per_frame):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_conditioning_frames_at_t0_packed_with_other_tasks_match_alone():
+    """Mixed tasks in one row (t2v, first frame clean, first two groups clean): each sample's prediction is
+    the same as run alone, and the clean frame changes its sample's output."""
+    model = perturb(tiny(patch=(2, 2, 2), causal_tubelet=True)).eval()
+    latents = [torch.randn(4, 5, 4, 6), torch.randn(4, 3, 6, 4), torch.randn(4, 5, 4, 4)]
+    texts = [torch.randn(3, TEXT_DIM) for _ in latents]
+    t = torch.tensor([0.7, 0.4, 0.9])
+    frames = [torch.full((5,), 0.7), torch.tensor([0.0, 0.4, 0.4]), torch.tensor([0.0, 0.0, 0.0, 0.9, 0.9])]
+    with torch.no_grad():
+        packed = model.forward_samples(latents, t, texts, frame_timesteps=frames)
+        for i in range(3):
+            alone = model.forward_samples([latents[i]], t[i : i + 1], [texts[i]], frame_timesteps=[frames[i]])
+            assert (alone[0] - packed[i]).abs().max() <= 1e-5
+        uncond = model.forward_samples(latents[1:2], t[1:2], texts[1:2])[0]
+        assert (uncond - packed[1]).abs().max() > 1e-4
+
+
+def test_modulation_is_computed_once_per_distinct_sample_and_timestep():
+    model = perturb(tiny(patch=(2, 2, 2), causal_tubelet=True)).eval()
+    rows = []
+    model.t_embedder.register_forward_hook(lambda m, inp, out: rows.append(inp[0].shape[0]))
+    latents = [torch.randn(4, 5, 4, 4), torch.randn(4, 5, 4, 4)]
+    frames = [torch.tensor([0.0, 0.5, 0.5, 0.5, 0.5]), torch.full((5,), 0.5)]
+    with torch.no_grad():
+        model.forward_samples(latents, torch.tensor([0.5, 0.5]), [torch.randn(2, TEXT_DIM)] * 2,
+                              frame_timesteps=frames)
+    assert rows == [3]  # (0, 0.0), (0, 0.5), (1, 0.5), not one per token
+
+
+def test_frames_sharing_a_token_must_share_a_timestep():
+    model = tiny(patch=(2, 2, 2), causal_tubelet=True)
+    with pytest.raises(ValueError, match="share a token group"):
+        model.forward_samples([torch.randn(4, 5, 4, 4)], torch.tensor([0.5]), [torch.randn(2, TEXT_DIM)],
+                              frame_timesteps=[torch.tensor([0.0, 0.0, 0.5, 0.5, 0.5])])

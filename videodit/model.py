@@ -26,7 +26,7 @@ import torch.utils.checkpoint
 from einops import rearrange
 
 from videodit.attention import BACKENDS, attention, resolve_backend
-from videodit.packing import PackedBatch, pack, unpack
+from videodit.packing import PackedBatch, pack, token_timesteps, unpack
 from videodit.rope import apply_rope, fractional_positions, rope_cos_sin, rope_dims
 
 
@@ -199,6 +199,7 @@ class _Segments:
     """Per-forward layout shared by all blocks."""
 
     sample_id: torch.Tensor  # (N,)
+    mod_id: torch.Tensor  # (N,) row of the conditioning `c` (U, D) each token is modulated by
     cu: torch.Tensor  # (S+1,) video tokens
     max_len: int
     ctx_cu: torch.Tensor  # (S+1,) text tokens (null token inserted where a sample had none)
@@ -258,7 +259,7 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, ctx: torch.Tensor, seg: _Segments) -> torch.Tensor:
-        mod = self.adaLN_modulation(c)[seg.sample_id]  # (S, 6D) -> per token (N, 6D)
+        mod = self.adaLN_modulation(c)[seg.mod_id]  # (U, 6D) -> per token (N, 6D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)  # (N, D) each
         x = x + gate_msa * self.attn(modulate(layer_norm(x, self.eps), shift_msa, scale_msa), seg)
         x = x + self.cross(layer_norm_affine(self.norm_cross, x), ctx, seg)
@@ -273,8 +274,8 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
         self.linear = nn.Linear(D, cfg.patch_dim)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, sample_id: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c)[sample_id].chunk(2, dim=-1)  # (N, D) each
+    def forward(self, x: torch.Tensor, c: torch.Tensor, mod_id: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c)[mod_id].chunk(2, dim=-1)  # (N, D) each
         return self.linear(modulate(layer_norm(x, self.eps), shift, scale))  # (N, D_in)
 
 
@@ -337,7 +338,8 @@ class VideoDiT(nn.Module):
             txt = txt + 0.0 * self.null_text.sum().to(dtype)
         return txt, sid, new_cu.to(torch.int32), int(new_lens.max())
 
-    def _check(self, packed: PackedBatch, timesteps: torch.Tensor) -> None:
+    def _check(self, packed: PackedBatch, timesteps: torch.Tensor,
+               token_timesteps: torch.Tensor | None = None) -> None:
         cfg = self.config
         if packed.tokens.shape[-1] != cfg.patch_dim or packed.channels != cfg.in_channels:
             raise ValueError(
@@ -361,19 +363,26 @@ class VideoDiT(nn.Module):
             raise ValueError(
                 f"timesteps must have shape ({packed.num_samples},), got {tuple(timesteps.shape)}"
             )
+        if token_timesteps is not None and token_timesteps.shape != (packed.tokens.shape[0],):
+            raise ValueError(f"token_timesteps must have shape ({packed.tokens.shape[0]},) (one per packed "
+                             f"token), got {tuple(token_timesteps.shape)}")
 
     def forward_packed(
         self,
         packed: PackedBatch,
         timesteps: torch.Tensor,
         skip_blocks: Sequence[frozenset[int] | set[int]] | None = None,
+        token_timesteps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Packed tokens `(N, D_in)`, one timestep per sample `(S,)` in [0, 1] -> predictions `(N, D_in)`.
 
+        `token_timesteps` `(N,)`, optional, gives each token its own timestep instead (conditioning tokens
+        carry t = 0 beside their sample's noisy ones): the modulation is computed once per distinct (sample,
+        timestep) and gathered per token, so its cost stays per sample. Without it, `timesteps` decide.
         `skip_blocks`, one set of block indices per sample: those blocks are identity for that sample's
         tokens (a weakened model for skip-layer guidance, see videodit.sampling). Attention never crosses
         samples, so a sample that skips nothing gets exactly the plain forward."""
-        self._check(packed, timesteps)
+        self._check(packed, timesteps, token_timesteps)
         if skip_blocks is not None:
             if len(skip_blocks) != packed.num_samples:
                 raise ValueError(
@@ -394,13 +403,20 @@ class VideoDiT(nn.Module):
             0, ctx_sid, ctx.float()
         )
         pooled = pooled / torch.diff(ctx_cu).clamp(min=1)[:, None].float()  # (S, D) mean text token
-        c = (self.t_embedder(timesteps.to(device)).float() + pooled).to(dtype)  # (S, D)
+        if token_timesteps is None:
+            c = (self.t_embedder(timesteps.to(device)).float() + pooled).to(dtype)  # (S, D)
+            mod_id = sample_id
+        else:  # one row of c per distinct (sample, timestep) pair
+            pairs = torch.stack([sample_id.double(), token_timesteps.to(device).double()], dim=1)  # (N, 2)
+            distinct, mod_id = torch.unique(pairs, dim=0, return_inverse=True)  # (U, 2), (N,)
+            c = (self.t_embedder(distinct[:, 1].float()).float() + pooled[distinct[:, 0].long()]).to(dtype)
         pos = packed.pos.to(device)
         if cfg.rope == "fractional":
             pos = fractional_positions(pos, sample_id, packed.grids, cfg.rope_ref_grid)
         cos, sin = rope_cos_sin(pos, cfg.hidden_size // cfg.num_heads, cfg.rope_theta)  # (N, dh/2)
         seg = _Segments(
             sample_id=sample_id,
+            mod_id=mod_id,
             cu=packed.cu_seqlens.to(device),
             max_len=packed.max_seqlen,
             ctx_cu=ctx_cu,
@@ -420,7 +436,7 @@ class VideoDiT(nn.Module):
                 skip = torch.tensor([index in s for s in skip_blocks], device=device)[sample_id]  # (N,)
                 y = torch.where(skip[:, None], x, y)
             x = y
-        out = self.final_layer(x, c, sample_id)  # (N, D_in)
+        out = self.final_layer(x, c, mod_id)  # (N, D_in)
         if self.token_skip is not None:
             t = timesteps.to(device).float()[sample_id][:, None]  # (N, 1)
             c_skip = (1 - t) / ((1 - t) ** 2 + t**2)
@@ -434,8 +450,11 @@ class VideoDiT(nn.Module):
         timesteps: torch.Tensor,
         text_embeds: list[torch.Tensor],
         skip_blocks: Sequence[frozenset[int] | set[int]] | None = None,
+        frame_timesteps: Sequence[torch.Tensor] | None = None,
     ) -> list[torch.Tensor]:
         """latents [(C, T_i, H_i, W_i)], timesteps `(B,)`, text [(L_i, text_dim)] -> outputs like latents.
+        `frame_timesteps`, optional: one `(T_i,)` timestep per latent frame of each sample (conditioning
+        frames at 0), instead of `timesteps`; frames that share a token must share a timestep.
         `skip_blocks`: see `forward_packed`."""
         if len(latents) == 0:
             raise ValueError("empty sample list: forward_samples needs at least one latent")
@@ -446,7 +465,8 @@ class VideoDiT(nn.Module):
                     f"the model expects (C={self.config.in_channels}, T, H, W)"
                 )
         packed = pack(latents, text_embeds, self.config.patch, causal=self.config.causal_tubelet)
-        out = self.forward_packed(packed, timesteps, skip_blocks)
+        per_token = None if frame_timesteps is None else token_timesteps(packed, frame_timesteps)
+        out = self.forward_packed(packed, timesteps, skip_blocks, per_token)
         return [z.to(latents[0].dtype) for z in unpack(packed, out, self.config.in_channels)]
 
     def forward(self, packed: PackedBatch, timesteps: torch.Tensor) -> torch.Tensor:

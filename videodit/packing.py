@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from videodit.patchify import Grid, Patch, patch_grid, spacetime_patchify, spacetime_unpatchify
+from videodit.patchify import Grid, Patch, lead_frames, patch_grid, spacetime_patchify, spacetime_unpatchify
 
 DropRate = float | Callable[[int], float]
 
@@ -237,3 +237,35 @@ def num_tokens(size: tuple[int, int, int], patch: Patch, causal: bool = False) -
     """Number of tokens of a latent of size (T, H, W) before dropping."""
     t, h, w = patch_grid(size, patch, causal)
     return t * h * w
+
+
+def frame_groups(packed: PackedBatch, sample: int) -> torch.Tensor:
+    """Temporal token group of each latent frame of one packed sample -> `(T,)` int64."""
+    T = packed.sizes[sample][0]
+    return (torch.arange(T) + lead_frames(packed.patch, packed.causal)) // packed.patch[0]
+
+
+def token_timesteps(packed: PackedBatch, frame_timesteps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-latent-frame timesteps, one `(T_i,)` tensor per sample -> one timestep per packed token `(N,)`.
+
+    A token takes its temporal group's timestep, so the frames a token covers must share one (with a
+    causal tubelet latent frame 0 is a group of its own: a clean first frame is t = 0 alone)."""
+    if len(frame_timesteps) != packed.num_samples:
+        raise ValueError(f"got frame timesteps for {len(frame_timesteps)} samples, the batch has "
+                         f"{packed.num_samples}")
+    out = []
+    for i, t in enumerate(frame_timesteps):
+        t = torch.as_tensor(t, dtype=torch.float32).flatten().cpu()
+        T = packed.sizes[i][0]
+        if t.numel() != T:
+            raise ValueError(f"sample {i} has {T} latent frames but {t.numel()} frame timesteps")
+        groups = frame_groups(packed, i)  # (T,)
+        per_group = torch.zeros(packed.grids[i][0]).index_reduce_(0, groups, t, "amax", include_self=False)
+        if not torch.equal(per_group[groups], t):
+            raise ValueError(f"sample {i}: latent frames that share a token group must share a timestep "
+                             f"(patch {packed.patch}, causal {packed.causal}), got {t.tolist()}")
+        keep = packed.keep[i].cpu()
+        hw = packed.grids[i][1] * packed.grids[i][2]
+        out.append(per_group[keep // hw])  # token index -> its temporal group
+    device = packed.tokens.device
+    return torch.cat(out).to(device)  # (N,)
