@@ -30,6 +30,7 @@ import torch
 from data.loader import PackedLoader
 from data.precache import LatentCache
 from data.sampling import SamplingConfig
+from data.tasks import check_mix, sample_tasks
 from videodit.checkpoint import save_dit
 from videodit.config import load_config, to_dict
 from videodit.distributed import (
@@ -63,12 +64,16 @@ class DataConfig:
     # NaViT token dropping for large samples: a sample with more tokens trains on a random keep_tokens of
     # them (0 = keep all); rows are planned with the kept counts, so 720p clips fit small rows
     keep_tokens: int = 0
+    # Conditioning tasks mixed into every row ({task: weight}, data.tasks): t2v, i2v (latent frame 0
+    # given), extend (a prefix of whole token groups given); see data/tasks.py
+    tasks: dict[str, float] = field(default_factory=lambda: {"t2v": 1.0})
     target_fps: float = 8.0
     min_frames: int = 1
     max_frames: int = 33
     window: int = 32  # samples planned into rows together
 
     def __post_init__(self):
+        check_mix(self.tasks)
         if not 0 <= self.keep_tokens <= self.row_tokens:
             raise ValueError(f"data.keep_tokens ({self.keep_tokens}) must be in [0, data.row_tokens "
                              f"({self.row_tokens})]")
@@ -315,8 +320,8 @@ class _EngineModel:
     def __init__(self, engine):
         self.engine, self.config = engine, engine.module.config
 
-    def forward_packed(self, packed, timesteps):
-        return self.engine(packed, timesteps)
+    def forward_packed(self, packed, timesteps, token_timesteps=None):
+        return self.engine(packed, timesteps, token_timesteps)
 
 
 def step_generator(seed: int, rank: int, step: int, micro: int) -> torch.Generator:
@@ -397,7 +402,8 @@ def init_weights(model: VideoDiT, folder: str, block_map: tuple[int, ...] = ()) 
 
 def dit_meta(cfg: RunConfig) -> dict:
     vae, te = cfg.data.vae, cfg.data.text_encoder
-    meta = {"flow": to_dict(cfg.flow), "random_init": False}
+    meta = {"flow": to_dict(cfg.flow), "random_init": False,
+            "tasks": sorted(k for k, w in cfg.data.tasks.items() if w > 0)}
     index = cache_index(cfg)
     if index:
         vae, te = index["vae"], index["text_encoder"]
@@ -518,10 +524,15 @@ def main(argv=None) -> None:
         while len(losses) < cfg.deepspeed.grad_accum:  # one optimizer step = grad_accum rows per rank
             row = next(rows)
             latents, texts = row_to_latents(row, encoders, device)
+            cond = None
+            if set(k for k, w in cfg.data.tasks.items() if w > 0) != {"t2v"}:
+                task_rng = random.Random(f"videodit-tasks-{cfg.train.seed}-{rank}-{step}-{attempt}")
+                _, cond = sample_tasks(cfg.data.tasks, [z.shape[1] for z in latents], tuple(cfg.model.patch),
+                                       cfg.model.causal_tubelet, task_rng)
             gen = step_generator(cfg.train.seed, rank, step, attempt)
             attempt += 1
             loss, _ = flow_loss(_EngineModel(engine), latents, texts, cfg.flow, gen, drop_rate(cfg),
-                                loss_map, pixel_decoder)
+                                loss_map, pixel_decoder, cond_frames=cond)
             if any_rank(not bool(torch.isfinite(loss)), device):  # all ranks skip together
                 nan_skips += 1
                 log.warning("non-finite loss at step %d (rank-local %s): row skipped, no update",

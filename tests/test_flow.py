@@ -421,3 +421,35 @@ def test_channel_loss_map_weighs_each_channels_token_entries():
     assert half.mean().item() == pytest.approx(1.0) and half[0] / half[4] == pytest.approx(2.0)
     with pytest.raises(ValueError, match="positive sum"):
         channel_loss_map(torch.zeros(4), 1.0, patch)
+
+
+def test_conditioning_frames_stay_clean_carry_t0_and_leave_the_loss():
+    """i2v-style conditioning: frame 0 of sample 0 is given. Its tokens enter clean with t = 0, and the
+    loss does not see what the model predicts for them."""
+    from videodit.model import DiTConfig, VideoDiT
+    from videodit.packing import pack
+
+    g = torch.Generator().manual_seed(0)
+    lat = [torch.randn(4, 3, 4, 4, generator=g), torch.randn(4, 3, 4, 4, generator=g)]
+    txt = [torch.randn(2, 8), torch.randn(2, 8)]
+    cond = [torch.tensor([True, False, False]), torch.zeros(3, dtype=torch.bool)]
+    model = VideoDiT(DiTConfig(in_channels=4, text_dim=8, hidden_size=24, depth=1, num_heads=4,
+                               patch=(2, 2, 2), causal_tubelet=True))
+    seen = {}
+
+    def spy(packed, timesteps, token_timesteps=None):
+        seen.update(packed=packed, token_t=token_timesteps)
+        out = torch.zeros_like(packed.tokens)
+        return torch.where(token_timesteps[:, None] == 0, 1e6, out)  # garbage only where conditioning
+
+    model.forward_packed = spy
+    cfg = FlowConfig(text_drop_prob=0.0)
+    loss, per = flow_loss(model, lat, txt, cfg, torch.Generator().manual_seed(1), cond_frames=cond)
+    assert torch.isfinite(loss) and per.max() < 1e3
+    clean = pack(lat, txt, (2, 2, 2), causal=True).tokens
+    first = seen["packed"].sample_id == 0
+    group0 = first & (seen["packed"].pos[:, 0] == 0)
+    assert torch.equal(seen["packed"].tokens[group0], clean[group0])  # clean in x_t
+    assert (seen["token_t"][group0] == 0).all() and (seen["token_t"][~group0] > 0).all()
+    with pytest.raises(ValueError, match="every sample needs a latent frame to denoise"):
+        flow_loss(model, lat[:1], txt[:1], cfg, None, cond_frames=[torch.ones(3, dtype=torch.bool)])

@@ -100,8 +100,8 @@ def test_trains_from_latent_cache(tmp_path, assets, one_rank):
 
 
 def test_causal_tubelet_trains_from_a_cache_with_long_samples_capped(tmp_path, assets, one_rank):
-    """A causal-tubelet model trains from a cache whose largest samples exceed the row budget: they keep
-    data.keep_tokens tokens each (NaViT token dropping)."""
+    """A causal-tubelet model trains from a cache whose largest samples exceed the row budget (they keep
+    data.keep_tokens tokens each: NaViT token dropping), with a mix of conditioning tasks."""
     from vae3d.io import load_vae
 
     sampling = SamplingConfig(min_tokens=48, max_tokens=96, max_frames=9, patch=(2, 1, 1), causal=True)
@@ -111,10 +111,12 @@ def test_causal_tubelet_trains_from_a_cache_with_long_samples_capped(tmp_path, a
                for j in range(len(index["samples"]))) > 32
     metrics = run(assets, tmp_path / "causal", **{
         "train.max_steps": 2, "data.cache": tmp_path / "cache", "model.patch": "[2,1,1]",
-        "model.causal_tubelet": "true", "data.row_tokens": 32, "data.max_tokens": 32, "data.keep_tokens": 24})
+        "model.causal_tubelet": "true", "data.row_tokens": 32, "data.max_tokens": 32, "data.keep_tokens": 24,
+        "data.tasks": "{t2v: 0.5, i2v: 0.25, extend: 0.25}"})
     assert len(metrics) == 2 and all(math.isfinite(m["loss"]) for m in metrics)
-    cfg = json.loads((tmp_path / "causal" / "ema" / "config.json").read_text())["dit"]
-    assert cfg["causal_tubelet"] is True
+    saved = json.loads((tmp_path / "causal" / "ema" / "config.json").read_text())
+    assert saved["dit"]["causal_tubelet"] is True
+    assert saved["meta"]["tasks"] == ["extend", "i2v", "t2v"]  # what the checkpoint was trained for
 
 
 def test_keep_tokens_must_fit_a_row():

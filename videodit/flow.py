@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from vae3d.losses import focused_mse
-from videodit.packing import num_tokens, pack, pack_like, unpack
+from videodit.packing import num_tokens, pack, pack_like, token_timesteps, unpack
 
 
 @dataclass
@@ -273,8 +273,13 @@ def flow_loss(
     drop_rate: float = 0.0,
     loss_map: torch.Tensor | None = None,
     pixel_decoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    cond_frames: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rectified-flow loss of `model` on clean latents [(C, T_i, H_i, W_i)] with text [(L_i, D_text)].
+
+    `cond_frames`, optional, one bool `(T_i,)` per sample: those latent frames are conditioning (image-to-
+    video, extension): they stay clean in x_t, their tokens carry t = 0 and are left out of the loss. Each
+    sample must keep at least one frame to denoise.
 
     A `cfg.text_drop_prob` fraction of samples (chosen at random) get zero-length text, so the model
     learns its null text token for classifier-free guidance. `drop_rate` is the NaViT token drop rate
@@ -301,13 +306,24 @@ def flow_loss(
     drop_text = torch.rand(len(latents), generator=generator, device=gen_device) < cfg.text_drop_prob  # (B,)
     texts = [e[:0] if drop else e for e, drop in zip(text_embeds, drop_text.tolist())]
     noisy, targets = [], []
-    for z, t_i in zip(latents, t.tolist()):
+    for i, (z, t_i) in enumerate(zip(latents, t.tolist())):
         noise = torch.randn(z.shape, generator=generator, device=gen_device).to(z)  # (C, T, H, W)
-        noisy.append(interpolate(z, noise, t_i))
+        x_t = interpolate(z, noise, t_i)
+        if cond_frames is not None:
+            x_t = torch.where(cond_frames[i].to(z.device)[None, :, None, None], z, x_t)  # clean conditioning
+        noisy.append(x_t)
         targets.append(noise - z)  # velocity
     packed = pack(noisy, texts, patch, drop_rate=drop_rate, generator=generator, causal=causal)
     target = pack_like(packed, targets)  # (N, D_in)
-    pred = model.forward_packed(packed, t.to(latents[0].device))  # (N, D_in)
+    per_token = None
+    if cond_frames is not None:
+        if any(bool(c.all()) for c in cond_frames):
+            raise ValueError("every sample needs a latent frame to denoise: cond_frames covers all of one")
+        frame_t = [torch.where(c.cpu(), 0.0, t_i) for c, t_i in zip(cond_frames, t.tolist())]
+        per_token = token_timesteps(packed, frame_t)  # (N,)
+        is_cond = token_timesteps(packed, [c.float() for c in cond_frames]) > 0  # (N,)
+    extra = {} if per_token is None else {"token_timesteps": per_token}
+    pred = model.forward_packed(packed, t.to(latents[0].device), **extra)  # (N, D_in)
     prediction = getattr(model.config, "prediction", "velocity")
     t_tok = t.to(pred.device)[packed.sample_id.to(pred.device)][:, None]  # (N, 1)
     x_t = packed.tokens.to(pred.device).float()
@@ -319,7 +335,11 @@ def flow_loss(
     if loss_map is not None:
         diff = diff @ loss_map.to(diff.device)
     err = diff.pow(2).mean(dim=1)  # (N,)
-    per_sample = per_sample_mean(err, packed.sample_id, packed.num_samples)  # (B,)
+    sample_id = packed.sample_id.to(err.device)
+    if per_token is not None:  # conditioning tokens are given, not predicted
+        denoised = ~is_cond.to(err.device)
+        err, sample_id = err[denoised], sample_id[denoised]
+    per_sample = per_sample_mean(err, sample_id, packed.num_samples)  # (B,)
     loss = per_sample.mean()
     if pixel_on:
         pixels = pixel_term(packed, x0_pred, latents, t, cfg, pixel_decoder, generator)

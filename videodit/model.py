@@ -469,6 +469,7 @@ class VideoDiT(nn.Module):
         out = self.forward_packed(packed, timesteps, skip_blocks, per_token)
         return [z.to(latents[0].dtype) for z in unpack(packed, out, self.config.in_channels)]
 
-    def forward(self, packed: PackedBatch, timesteps: torch.Tensor) -> torch.Tensor:
+    def forward(self, packed: PackedBatch, timesteps: torch.Tensor,
+                token_timesteps: torch.Tensor | None = None) -> torch.Tensor:
         """Same as `forward_packed` (so DeepSpeed/DDP wrappers can call the module)."""
-        return self.forward_packed(packed, timesteps)
+        return self.forward_packed(packed, timesteps, token_timesteps=token_timesteps)
