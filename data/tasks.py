@@ -19,7 +19,7 @@ import random
 
 import torch
 
-from videodit.patchify import lead_frames
+from videodit.patchify import group_ends
 
 TASKS = ("t2v", "i2v", "extend")
 
@@ -32,12 +32,6 @@ def check_mix(mix: dict[str, float]) -> dict[str, float]:
     if any(w < 0 for w in mix.values()) or not any(w > 0 for w in mix.values()):
         raise ValueError(f"data.tasks weights must be >= 0 with at least one > 0, got {mix}")
     return mix
-
-
-def group_ends(num_frames: int, patch: tuple[int, int, int], causal: bool) -> list[int]:
-    """Latent frame counts k < num_frames at which a token group ends (prefixes that are whole tokens)."""
-    pt, lead = patch[0], lead_frames(patch, causal)
-    return [k for k in range(1, num_frames) if (k + lead) % pt == 0]
 
 
 def conditioning_frames(task: str, num_frames: int, patch: tuple[int, int, int], causal: bool,

@@ -342,3 +342,44 @@ def test_sdedit_requests_pack_with_plain_ones_and_bad_init_is_refused():
         Request((2, 4, 4), _text(0), strength=0.5)
     with pytest.raises(ValueError, match="init latent"):
         Request((3, 4, 4), _text(0), init=init, strength=0.5)
+
+
+def _causal_model():
+    from videodit.model import DiTConfig, VideoDiT
+
+    model = VideoDiT(DiTConfig(in_channels=C, text_dim=8, hidden_size=24, depth=1, num_heads=2,
+                               patch=(2, 2, 2), causal_tubelet=True)).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def test_conditioning_prefix_is_kept_and_requests_of_mixed_tasks_pack_as_alone():
+    """i2v (1 given latent frame), extension (3 given) and t2v packed in one pass: the given frames come
+    back exactly, they change the rest, and each request equals its run alone (CFG on both passes)."""
+    model = _causal_model()
+    g = torch.Generator().manual_seed(1)
+    image = torch.randn(C, 1, 4, 4, generator=g)
+    clip = torch.randn(C, 3, 4, 6, generator=g)
+    reqs = [Request((5, 4, 4), torch.randn(3, 8, generator=g), seed=1, prefix=image),
+            Request((5, 4, 6), torch.randn(3, 8, generator=g), seed=2, prefix=clip),
+            Request((3, 4, 4), torch.randn(3, 8, generator=g), seed=3)]
+    together = sample(model, reqs, steps=3, guidance=3.0, progress=False)
+    alone = [sample(model, [r], steps=3, guidance=3.0, progress=False)[0] for r in reqs]
+    for z, y in zip(together, alone):
+        torch.testing.assert_close(z, y, atol=1e-5, rtol=1e-5)
+    assert torch.equal(together[0][:, :1], image) and torch.equal(together[1][:, :3], clip)
+    plain = sample(model, [Request((5, 4, 4), reqs[0].text, seed=1)], steps=3, guidance=3.0,
+                   progress=False)[0]
+    assert (plain[:, 1:] - together[0][:, 1:]).abs().max() > 1e-3
+
+
+def test_a_prefix_that_splits_a_token_is_refused():
+    model = _causal_model()
+    req = Request((5, 4, 4), torch.randn(3, 8), prefix=torch.randn(C, 2, 4, 4))  # frames [1 2] split
+    with pytest.raises(ValueError, match="does not end on a token group"):
+        sample(model, [req], steps=2, progress=False)
+    with pytest.raises(ValueError, match="1 <= k < T"):
+        Request((1, 4, 4), torch.randn(3, 8), prefix=torch.randn(C, 1, 4, 4))

@@ -2,7 +2,8 @@ import random
 
 import pytest
 
-from data.tasks import check_mix, conditioning_frames, group_ends, sample_tasks
+from data.tasks import check_mix, conditioning_frames, sample_tasks
+from videodit.patchify import group_ends
 
 
 def test_prefixes_end_on_token_groups():

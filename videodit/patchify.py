@@ -33,6 +33,13 @@ def lead_frames(patch: Patch, causal: bool) -> int:
     return patch[0] - 1 if causal else 0
 
 
+def group_ends(num_frames: int, patch: Patch, causal: bool = False) -> list[int]:
+    """Latent frame counts k < num_frames at which a temporal token group ends: the prefixes of a latent
+    that are whole tokens (what conditioning frames may cover)."""
+    pt, lead = patch[0], lead_frames(patch, causal)
+    return [k for k in range(1, num_frames) if (k + lead) % pt == 0]
+
+
 def patch_grid(size: tuple[int, int, int], patch: Patch, causal: bool = False) -> Grid:
     """Token grid `(T', H', W')` of a latent of spatial-temporal `size=(T, H, W)` (tails padded)."""
     patch = _check_patch(patch)

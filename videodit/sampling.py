@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from videodit.flow import FlowConfig, timestep_shift, to_velocity
 from videodit.packing import num_tokens, plan_rows
+from videodit.patchify import group_ends
 
 SAMPLERS = ("euler", "heun", "unipc")
 
@@ -50,6 +51,11 @@ class Request:
     # is noised to the first scheduler sigma <= `strength` and denoised from there. strength 1 = from noise.
     init: torch.Tensor | None = None
     strength: float = 1.0
+    # Conditioning (image-to-video, extension): clean latent frames 0..k-1 `(C, k, h, w)` given. They are
+    # re-imposed before every model call and after every step, enter the model with t = 0 in both CFG
+    # passes, and come back unchanged; k must end on a token group (latent frame 0 alone for i2v needs
+    # the model's causal tubelet).
+    prefix: torch.Tensor | None = None
 
     def __post_init__(self):
         if len(self.size) != 3 or any(int(s) < 1 for s in self.size):
@@ -61,6 +67,11 @@ class Request:
             raise ValueError(f"strength {self.strength} < 1 starts from an init latent: give init")
         if self.init is not None and tuple(self.init.shape[1:]) != self.size:
             raise ValueError(f"init latent {tuple(self.init.shape)} does not match size {self.size}")
+        if self.prefix is not None:
+            k = self.prefix.shape[1] if self.prefix.dim() == 4 else 0
+            if k < 1 or k >= self.size[0] or tuple(self.prefix.shape[2:]) != self.size[1:]:
+                raise ValueError(f"conditioning prefix {tuple(self.prefix.shape)} must be (C, k, h, w) with "
+                                 f"1 <= k < T and (h, w) of the request's latent size {self.size}")
 
 
 def make_scheduler(sampler: str, shift: float, steps: int):
@@ -191,6 +202,16 @@ def _denoise_group(
         s0 = float(sig[starts[i]])
         latents[i] = (1.0 - s0) * r.init.to(device=device, dtype=torch.float32) + s0 * latents[i]
         scheds[i].set_begin_index(starts[i])
+    prefixes = [None if r.prefix is None else r.prefix.to(device=device, dtype=torch.float32)
+                for r in requests]
+    for i, p in enumerate(prefixes):
+        if p is not None:
+            if p.shape[1] not in group_ends(requests[i].size[0], patch, causal):
+                raise ValueError(f"a conditioning prefix of {p.shape[1]} latent frames does not end on a "
+                                 f"token group of patch {patch} (causal tubelet {causal}): this model cannot "
+                                 f"take it")
+            latents[i][:, : p.shape[1]] = p
+    any_prefix = any(p is not None for p in prefixes)
     texts = [r.text.to(device=device, dtype=dtype) for r in requests]
     uncond = [r.text[:0] if r.negative is None else r.negative for r in requests]
     uncond = [e.to(device=device, dtype=dtype) for e in uncond]
@@ -204,8 +225,11 @@ def _denoise_group(
         inside = [interval[0] <= t_i <= interval[1] for t_i in t]  # per active request
         guide = [guided and g for g in inside]
         skipg = [skip_guidance > 0 and g for g in inside]
-        xs, ts, es, skips = [], [], [], []
+        xs, ts, es, skips, frame_ts = [], [], [], [], []
         for i, t_i, g, sg in zip(active, t, guide, skipg):
+            frames = torch.full((requests[i].size[0],), t_i)
+            if prefixes[i] is not None:
+                frames[: prefixes[i].shape[1]] = 0.0
             passes = [(texts[i], frozenset())]
             if g:
                 passes.append((uncond[i], frozenset()))
@@ -216,11 +240,12 @@ def _denoise_group(
                 ts.append(t_i)
                 es.append(text)
                 skips.append(skip)
+                frame_ts.append(frames)
         tt = torch.tensor(ts, device=device, dtype=torch.float32)
+        extra = {"frame_timesteps": frame_ts} if any_prefix else {}
         if any(skips):
-            preds = model.forward_samples(xs, tt, es, skip_blocks=skips)
-        else:
-            preds = model.forward_samples(xs, tt, es)
+            extra["skip_blocks"] = skips
+        preds = model.forward_samples(xs, tt, es, **extra)
         if prediction != "velocity":
             preds = [to_velocity(p.float(), x.float(), t_i, prediction, t_floor=1e-6)
                      for p, x, t_i in zip(preds, xs, ts)]
@@ -237,6 +262,8 @@ def _denoise_group(
                 k += 1
             x = scheds[i].step(v[None], timestep, latents[i][None], return_dict=False)[0]  # (1, C, T, h, w)
             latents[i] = x[0]
+            if prefixes[i] is not None:  # the given frames stay exactly what was given
+                latents[i][:, : prefixes[i].shape[1]] = prefixes[i]
         bar.update(1)
     bar.close()
     return latents
