@@ -47,6 +47,17 @@ def test_ground_truth_through_mp4_files(tmp_path):
     assert evaluate_videos(tmp_path / "heldout.jsonl")["heldout"]["n"] == 8
 
 
+def test_blobs_count_one_object_and_speckle():
+    rng = np.random.default_rng(3)
+    spec = sample_spec(rng, ("red", "square", "left"), "black", [(96, 128)], [9])
+    clean = analyse_clip(render_clip(spec))
+    assert clean["blobs"] == 1 and clean["max_blobs"] == 1
+    speckle = np.zeros((5, 96, 128, 3), np.uint8)
+    for y, x in rng.integers(4, 90, size=(30, 2)):
+        speckle[:, y : y + 3, x : x + 3] = (230, 30, 30)  # 30 separate 3x3 specks (some may touch)
+    assert analyse_clip(speckle)["blobs"] >= 20
+
+
 def test_blank_clip_scores_nothing():
     blank = np.zeros((9, 48, 48, 3), np.uint8)
     measured = analyse_clip(blank)

@@ -7,6 +7,8 @@ It renders nothing. It reads each mp4, finds the one object against the backgrou
                 its area lies in the lower half (upright triangle ~0.75 -> asymmetry ~0.5, others ~0)
     motion      the object's centroid path: net displacement and extent, in fractions of the frame
     background  nearest background colour of the clip's median pixel
+    blobs       separate foreground regions per frame (median and max over frames): one for a clean clip,
+                many for speckle
 
 and compares them with `parse_prompt(prompt)`. Reports accuracy per attribute, all three of colour,
 shape and motion right, and the same on the held-out colour-shape-motion combinations.
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from videodit.mp4 import read_mp4
 from videodit.world import BACKGROUND_RGB, PALETTE, heldout_combos, parse_prompt
@@ -94,6 +97,17 @@ def shape_features(a: np.ndarray) -> np.ndarray:
     return np.stack([fill, asym], axis=1)  # (F, 2)
 
 
+def count_blobs(alpha: np.ndarray, min_pixels: int = 4) -> np.ndarray:
+    """Alpha (F, H, W) -> (F,) int: separate foreground regions (8-connected, alpha >= 0.5) of at least
+    `min_pixels` pixels in each frame."""
+    counts = []
+    for frame in alpha >= 0.5:
+        labels, n = ndimage.label(frame, structure=np.ones((3, 3), bool))
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]  # (n,) pixels per region
+        counts.append(int((sizes >= min_pixels).sum()))
+    return np.asarray(counts, np.int64)
+
+
 def classify_motion(centres: np.ndarray, height: int, width: int) -> str:
     """Centroid path (F, 2) (y, x) in pixels -> left/right/up/down/bouncing/still."""
     if len(centres) < 2:
@@ -125,9 +139,10 @@ def analyse_clip(frames: np.ndarray) -> dict:
     background = _nearest(bg, BACKGROUND_RGB)
     area = alpha.sum(axis=(1, 2))  # (F,)
     visible = area >= 4.0  # at least a few pixels of object
+    blobs = count_blobs(alpha)  # (F,)
     if not visible.any():
         return {"colour": None, "shape": None, "motion": None, "background": background,
-                "visible_frames": 0}
+                "visible_frames": 0, "blobs": 0, "max_blobs": int(blobs.max())}
     a = alpha[visible]  # (F', H, W)
     ys, xs = np.arange(H) + 0.5, np.arange(W) + 0.5
     cy = (a.sum(axis=2) @ ys) / area[visible]  # (F',)
@@ -142,6 +157,8 @@ def analyse_clip(frames: np.ndarray) -> dict:
         "motion": classify_motion(np.stack([cy, cx], axis=1), H, W),
         "background": background,
         "visible_frames": int(visible.sum()),
+        "blobs": int(np.median(blobs)),
+        "max_blobs": int(blobs.max()),
         "fill": round(float(fill), 3),
         "asym": round(float(asym), 3),
         "object_rgb": [round(float(v)) for v in fg],
