@@ -304,7 +304,7 @@ def render_dataset(
     total = num + num_heldout
     return {"out": str(out), "train": num, "heldout": num_heldout, "prompts": num_prompts,
             "seconds": round(seconds, 2), "clips_per_s": round(total / max(seconds, 1e-9), 1),
-            "resolutions": [f"{h}x{w}" for h, w in all_sizes], "durations": sorted(all_frames)}
+            "resolutions": len(all_sizes), "durations": sorted(all_frames)}
 
 
 def main(argv: list[str] | None = None) -> None:
