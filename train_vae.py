@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from einops import rearrange
 
 from vae3d import CausalVAE3D, VAEConfig
 from vae3d.io import load_vae, save_vae
@@ -47,11 +46,6 @@ class VAEDataConfig:
     max_frames: int = 17  # clip length cap (frames); the VAE pads to 1 + k * ts itself
     max_tokens: int = 256  # NaViT resolution sampling budget (in 2x2 latent patches) per clip
     image_fraction: float = 0.25  # share of samples trained as single images (first frame only)
-    # (DiT latent, clip) pairs from `python -m data.dit_pairs`: with probability pair_fraction a sample is a
-    # pair, and the decoder is trained to turn the DiT's latent into the clip (needs freeze_encoder: the
-    # pairs live in the frozen encoder's latent space). The rest are ordinary encoded clips.
-    pairs: str = ""
-    pair_fraction: float = 0.5
     # Clips whose latents are held where init_from's encoder puts them (`anchor_weight`): a second sample
     # from here joins every step, reconstructed as usual and with its latent pulled to the old one.
     anchor_manifest: str = ""
@@ -59,8 +53,6 @@ class VAEDataConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.image_fraction <= 1.0:
             raise ValueError(f"data.image_fraction must be in [0, 1], got {self.image_fraction}")
-        if not 0.0 <= self.pair_fraction <= 1.0:
-            raise ValueError(f"data.pair_fraction must be in [0, 1], got {self.pair_fraction}")
         if self.synthetic_clips < 1:
             raise ValueError(f"data.synthetic_clips must be >= 1, got {self.synthetic_clips}")
 
@@ -81,28 +73,13 @@ class VAETrainConfig:
     seed: int = 0
     init_from: str = ""  # start from this saved VAE (folder or "default") instead of a fresh one
     freeze_encoder: bool = False  # train the decoder only: the latent space (and its shift/scale) stays
-    # Train the encoder only, against the kept decoder (the latent space moves; its shift/scale are measured
-    # again at the end). Fitted latents of moving squares decode sharper than the encoder's
-    # (bench/vae_latent_fit.py): this asks whether the encoder can learn to find them.
-    freeze_decoder: bool = False
     # Fine-tune encoder and decoder while the latents of data.anchor_manifest's clips stay where init_from's
     # encoder puts them: anchor_weight times their mean squared distance in normalised latent units joins
     # the loss (the latent shift/scale are kept). A DiT trained on those clips' latents keeps working,
     # while the rest of the data (natural images) may move to latents that reconstruct it better.
     anchor_weight: float = 0.0
-    # Start a fresh arch-"patch" VAE with linear paths (model.linear_skip) as the PCA codec of this many
-    # clips' (ts, ss, ss) patches (`pca_init`); 0 = off. A linear code of the VAE's size reconstructs
-    # natural clips at 28.4 dB where the trained patch VAE gets 24.4 (BENCHMARKS.md); training adds the
-    # nonlinear rest.
-    init_pca_clips: int = 0
 
     def __post_init__(self) -> None:
-        if self.init_pca_clips < 0:
-            raise ValueError(f"init_pca_clips must be >= 0, got {self.init_pca_clips}")
-        fresh_patch = not self.init_from and self.model.arch == "patch" and self.model.linear_skip
-        if self.init_pca_clips and not fresh_patch:
-            raise ValueError("init_pca_clips starts a fresh arch 'patch' VAE's linear paths: it needs "
-                             "model.arch patch, model.linear_skip true and no init_from")
         if self.steps < 1 or self.lr <= 0:
             raise ValueError(f"steps must be >= 1 and lr > 0, got steps={self.steps}, lr={self.lr}")
         if self.log_every < 1 or self.save_every < 0 or self.stats_clips < 0:
@@ -110,10 +87,6 @@ class VAETrainConfig:
                              f"{self.log_every}, {self.save_every}, {self.stats_clips}")
         if self.freeze_encoder and not self.init_from:
             raise ValueError("freeze_encoder needs init_from: a trained VAE (its encoder is kept)")
-        if self.freeze_decoder and not self.init_from:
-            raise ValueError("freeze_decoder needs init_from: a trained VAE (its decoder is kept)")
-        if self.freeze_encoder and self.freeze_decoder:
-            raise ValueError("freeze_encoder and freeze_decoder together leave nothing to train")
         if self.anchor_weight < 0:
             raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
         if self.anchor_weight > 0 and not (self.init_from and self.data.anchor_manifest):
@@ -122,9 +95,6 @@ class VAETrainConfig:
         if self.anchor_weight > 0 and (self.freeze_encoder or self.stats_clips):
             raise ValueError("anchor_weight fine-tunes the encoder under the kept latent stats: it needs "
                              "freeze_encoder false and stats_clips 0")
-        if self.data.pairs and not self.freeze_encoder:
-            raise ValueError("data.pairs trains the decoder on DiT latents of the frozen encoder's space: it "
-                             "needs freeze_encoder (and init_from the VAE the pairs were made with)")
 
 
 # ------------------------------------------------------------------ data
@@ -162,13 +132,6 @@ def render_world_if_needed(cfg: VAETrainConfig, rank: int) -> None:
     render_dataset(Path(cfg.out_dir) / "world", d.synthetic_clips, seed=cfg.seed, num_heldout=1,
                    min_size=d.synthetic_min_size, max_size=d.synthetic_max_size,
                    min_frames=min(9, max_frames), max_frames=max_frames)
-
-
-def pair_sample(pairs: list[dict], rng: random.Random, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random (clip (1, 3, F, H, W) in [-1, 1], DiT latent (1, C, T, h, w) normalised) pair."""
-    item = pairs[rng.randrange(len(pairs))]
-    video = item["frames"].permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-    return video.to(device), item["latent"][None].float().to(device)
 
 
 def as_sample(video: torch.Tensor, rng: random.Random, image_fraction: float, device) -> torch.Tensor:
@@ -234,45 +197,6 @@ def latent_stats(model: CausalVAE3D, clips: Iterator[torch.Tensor], num: int, de
     return shift.float(), scale.float()
 
 
-@torch.no_grad()
-def pca_init(model: CausalVAE3D, clips: Iterator[torch.Tensor], num: int) -> float:
-    """Make a fresh arch-"patch" VAE with linear paths the PCA codec of `num` clips' space-time patches.
-
-    Patches are cut as the encoder cuts them ((ts, ss, ss) blocks, channel-major, the first frame replicated
-    ts - 1 times in front). The encoder's linear path becomes the top-c principal directions E (latent mean
-    = E^T (patch - mu), the centring in conv_out's bias), the decoder's E (patch = mu + E z, mu in
-    proj_out's bias); the MLP outputs beside them start at zero, so the untrained model reconstructs as the
-    PCA does (up to the posterior noise) and training learns the rest. Returns the variance share of E.
-    """
-    enc, dec = model.encoder, model.decoder
-    if enc.skip is None or dec.skip is None:
-        raise ValueError("pca_init needs arch 'patch' with model.linear_skip")
-    ts, ss, c = enc.ts, enc.ss, model.latent_channels
-    patches = []
-    for video in itertools.islice(clips, num):
-        x = video[None].float()
-        x = torch.cat([x[:, :, :1].expand(-1, -1, ts - 1, -1, -1), x], dim=2)
-        n = x.shape[2] // ts
-        patches.append(rearrange(x[:, :, : n * ts], "b c (t pt) (h p1) (w p2) -> (b t h w) (c pt p1 p2)",
-                                 pt=ts, p1=ss, p2=ss).double())
-    if not patches:
-        raise ValueError("pca_init got no clips")
-    x = torch.cat(patches)
-    mu = x.mean(0)
-    cov = (x - mu).T @ (x - mu) / len(x)
-    evals, evecs = torch.linalg.eigh(cov)  # ascending
-    basis = evecs[:, -c:].flip(1)  # (D, c), largest first
-    share = float(evals[-c:].sum() / evals.sum())
-    dtype = enc.skip.weight.dtype
-    enc.skip.weight.copy_(basis.T.to(dtype)[:, :, None, None, None])
-    enc.conv_out.weight[:c].zero_()
-    enc.conv_out.bias[:c].copy_((-basis.T @ mu).to(dtype))
-    dec.skip.weight.copy_(basis.to(dtype)[:, :, None, None, None])
-    dec.proj_out.weight.zero_()
-    dec.proj_out.bias.copy_(mu.to(dtype))
-    return share
-
-
 # ------------------------------------------------------------------ main
 
 
@@ -305,33 +229,20 @@ def main(argv=None) -> list[dict]:
     model = CausalVAE3D(cfg.model)
     if cfg.init_from:
         init = load_vae(cfg.init_from)
-        mine = to_dict(cfg.model)  # what init must match, after the parts a decoder fine-tune may add:
-        if init.config.refine_channels == 0 and cfg.model.refine_channels > 0:  # a refiner
-            mine.update(refine_channels=0, refine_stages=init.config.refine_stages)
-        elif init.config.refine_stages < cfg.model.refine_stages:  # refiner stages after the trained ones
-            mine.update(refine_stages=init.config.refine_stages)
-        if init.config.head_channels == 0:  # an output branch
-            mine.update(head_channels=0)
-        if not init.config.linear_skip:  # linear paths (zero at first)
-            mine.update(linear_skip=False)
+        mine = to_dict(cfg.model)  # what init must match; a fine-tune may add a pixel refiner
+        if init.config.refine_channels == 0:
+            mine.update(refine_channels=0)
         if to_dict(init.config) != mine:
             raise ValueError(f"init_from {cfg.init_from}: its architecture {to_dict(init.config)} "
                              f"differs from the config's model section {to_dict(cfg.model)} (a fine-tune may "
-                             f"only add a refiner, refiner stages, an output branch or linear paths)")
+                             f"only add a pixel refiner)")
         missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
-        addable = ("decoder.refine.", "decoder.refine_more.", "decoder.head.", "decoder.skip.",
-                   "encoder.skip.")
+        addable = ("decoder.refine.",)
         if unexpected or any(not k.startswith(addable) for k in missing):
             raise ValueError(f"init_from {cfg.init_from}: weights do not fit (missing {missing}, "
                              f"unexpected {unexpected})")
-    if cfg.init_pca_clips:
-        share = pca_init(model, clip_stream(cfg, 0, 1), cfg.init_pca_clips)  # every rank: the same clips
-        log.info("PCA init from %d clips: the %d directions hold %.4f of the patch variance",
-                 cfg.init_pca_clips, model.latent_channels, share)
     if cfg.freeze_encoder:
         model.encoder.requires_grad_(False)
-    if cfg.freeze_decoder:
-        model.decoder.requires_grad_(False)
     model = model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
@@ -357,14 +268,6 @@ def main(argv=None) -> list[dict]:
     if cfg.anchor_weight > 0:
         anchor_clips = clip_stream(cfg, rank, world, cfg.data.anchor_manifest)
         anchor_vae = load_vae(cfg.init_from).to(device).eval().requires_grad_(False)
-    pairs = []
-    if cfg.data.pairs:
-        from data.dit_pairs import load_pairs
-
-        pairs = load_pairs(cfg.data.pairs)
-        if rank == 0:
-            log.info("%d DiT latent pairs from %s, %.0f%% of samples", len(pairs), cfg.data.pairs,
-                     100 * cfg.data.pair_fraction)
     rng = random.Random(f"vae-{cfg.seed}-{rank}-{step}")
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank + step)
     records, accum, t0 = [], cfg.deepspeed.grad_accum, time.time()
@@ -373,12 +276,8 @@ def main(argv=None) -> list[dict]:
         gan_on = disc is not None and step >= cfg.loss.gan_start
         logs_sum: dict[str, float] = {}
         for _ in range(accum):
-            latent = None
-            if pairs and rng.random() < cfg.data.pair_fraction:
-                video, latent = pair_sample(pairs, rng, device)
-            else:
-                video = as_sample(next(clips), rng, cfg.data.image_fraction, device)
-            recon, mean, logvar = (engine or model)(video, generator=gen, latent=latent)
+            video = as_sample(next(clips), rng, cfg.data.image_fraction, device)
+            recon, mean, logvar = (engine or model)(video, generator=gen)
             loss, logs = vae_loss(recon, video, mean, logvar, cfg.loss, disc if gan_on else None)
             logs["psnr"] = psnr(recon.detach().clamp(-1, 1), video).item()
             if anchor_clips is not None:

@@ -45,7 +45,7 @@ from videodit.distributed import (
     sum_over_ranks,
 )
 from videodit.ema import EMA
-from videodit.flow import FlowConfig, channel_loss_map, decoder_sensitivity, flow_loss, token_loss_map
+from videodit.flow import FlowConfig, flow_loss
 from videodit.model import DiTConfig, VideoDiT
 
 log = logging.getLogger("train_video")
@@ -94,10 +94,6 @@ class TrainConfig:
     # init; shapes must match. If its `prediction` differs from model.prediction, the output head is
     # zeroed (it is relearned). Ignored when resuming (the checkpoint wins).
     init_from: str = ""
-    # With init_from, for a model DEEPER than the source: block i of the source goes to model block
-    # init_block_map[i] (strictly increasing, one entry per source block). The other blocks keep their fresh
-    # adaLN-zero init, which is exactly the identity, so the grown model starts as the source.
-    init_block_map: tuple[int, ...] = ()
     sample_every: int = 0  # write sample videos with the EMA model every N steps (0 = off)
     sample_prompts: tuple[str, ...] = ("a red ball bouncing",)
     sample_size: tuple[int, int, int] = (5, 32, 32)  # frames, height, width of sample videos
@@ -113,11 +109,6 @@ class TrainConfig:
                              f"or -1 (no decay)")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        m = list(self.init_block_map)
-        if m and (min(m) < 0 or any(b <= a for a, b in zip(m, m[1:]))):
-            raise ValueError(f"train.init_block_map must be strictly increasing block indices >= 0, got {m}")
-        if m and not self.init_from:
-            raise ValueError("train.init_block_map needs train.init_from")
 
 
 @dataclass
@@ -207,63 +198,6 @@ def run_vae(cfg: RunConfig, device):
     return load_vae(index["vae"] if index else cfg.data.vae, device=device).eval().requires_grad_(False)
 
 
-def probe_latents(source, encoders, device, count: int) -> list[torch.Tensor]:
-    """Clean latents (C, T, H, W) float32 of up to `count` training clips evenly spaced through the data (the
-    same on every rank and at every resume), for statistics taken at start. Unreadable clips are skipped
-    (and counted by the dataset); the reads are not counted as training samples."""
-    n, yielded = len(source), getattr(source, "stats", {}).get("yielded")
-    latents = []
-    for j in sorted({int(i * n / min(n, count)) for i in range(min(n, count))}):
-        s = source.load(j)
-        if s is None:
-            continue
-        z = s["latent"] if encoders is None else encoders[0].encode(s["video"][None].to(device))[0]
-        latents.append(z.float().cpu())
-    if yielded is not None:
-        source.stats["yielded"] = yielded
-    return latents
-
-
-@torch.no_grad()
-def build_loss_map(cfg: RunConfig, source, encoders, device, max_samples: int = 256) -> torch.Tensor | None:
-    """`flow.loss_whiten` > 0: the token-space loss map from up to `max_samples` training clips, evenly
-    spaced through the data (the same on every rank and at every resume) -> (D_in, D_in);
-    `flow.loss_decoder_power` > 0: the diagonal map from the decoder's per-channel sensitivity, measured
-    on 8 of those clips; else None."""
-    if cfg.flow.loss_decoder_power > 0:
-        return build_channel_map(cfg, source, encoders, device)
-    if cfg.flow.loss_whiten <= 0:
-        return None
-    from videodit.patchify import spacetime_patchify
-
-    latents = probe_latents(source, encoders, device, max_samples)
-    if not latents:
-        raise ValueError("flow.loss_whiten: no readable training clip to measure token statistics on")
-    tokens = [spacetime_patchify(z, tuple(cfg.model.patch))[0] for z in latents]
-    tokens = torch.cat(tokens)
-    loss_map = token_loss_map(tokens, cfg.flow.loss_whiten, cfg.flow.whiten_floor)
-    w = loss_map.norm(dim=0)  # per-direction weight, ascending variance
-    log.info("token loss map from %d clips (%d tokens): direction weights %.3g (highest variance) .. %.3g",
-             len(latents), tokens.shape[0], w[-1].item(), w[0].item())
-    return loss_map.to(device)
-
-
-@torch.no_grad()
-def build_channel_map(cfg: RunConfig, source, encoders, device, num_clips: int = 8) -> torch.Tensor:
-    """The `flow.loss_decoder_power` map: sensitivities of the run's VAE decoder (the cache's VAE, else
-    data.vae; `decode_coarse`) per latent channel, on `num_clips` clips evenly spaced through the data."""
-    latents = [z.to(device) for z in probe_latents(source, encoders, device, num_clips)]
-    if not latents:
-        raise ValueError("flow.loss_decoder_power: no readable training clip to measure the decoder on")
-    gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    sens = decoder_sensitivity(run_vae(cfg, device).float().decode_coarse, latents, generator=gen)
-    loss_map = channel_loss_map(sens, cfg.flow.loss_decoder_power, tuple(cfg.model.patch))
-    weights = loss_map.diagonal()[:: loss_map.shape[0] // len(sens)].pow(2)  # one entry per channel
-    log.info("channel loss map from %d clips: decoder sensitivity %s, weights %s", len(latents),
-             [round(v, 4) for v in sens.tolist()], [round(v, 3) for v in weights.tolist()])
-    return loss_map.to(device)
-
-
 @torch.no_grad()
 def row_to_latents(row: list[dict], encoders, device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """A loader row -> (latents [(c, T, h, w)], text embeddings [(L, D)]) on `device`."""
@@ -322,42 +256,19 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
 
 
-PATCH_TIED = ("x_embedder.", "final_layer.linear.", "token_skip.")  # shapes follow the patch size
+PATCH_TIED = ("x_embedder.", "final_layer.linear.")  # shapes follow the patch size
 
 
-def remap_blocks(state: dict, block_map: tuple[int, ...], source_depth: int, depth: int) -> dict:
-    """Rename `blocks.i.*` to `blocks.{block_map[i]}.*` (a source of `source_depth` blocks into `depth`)."""
-    if len(block_map) != source_depth:
-        raise ValueError(f"train.init_block_map has {len(block_map)} entries for a source of {source_depth} "
-                         f"blocks")
-    if block_map[-1] >= depth:
-        raise ValueError(f"train.init_block_map names block {block_map[-1]}; the model has blocks "
-                         f"0..{depth - 1}")
-    out = {}
-    for key, value in state.items():
-        if key.startswith("blocks."):
-            _, index, rest = key.split(".", 2)
-            key = f"blocks.{block_map[int(index)]}.{rest}"
-        out[key] = value
-    return out
-
-
-def init_weights(model: VideoDiT, folder: str, block_map: tuple[int, ...] = ()) -> None:
+def init_weights(model: VideoDiT, folder: str) -> None:
     """Copy a `save_dit` folder's weights into `model` (same shapes); zero the head if `prediction` differs.
-    A `token_skip` the source lacks is added (zero: the model starts as the source). A source with another
-    patch size gives the transformer body (blocks, timestep and text embedders, adaLN of the head); the patch
-    embedding and output projection, whose shapes follow the patch, keep their fresh init (output zero).
-    `block_map` (train.init_block_map) places a shallower source's blocks into a deeper model; the other
-    blocks stay at their identity init."""
+    A source with another patch size gives the transformer body (blocks, timestep and text embedders, adaLN
+    of the head); the patch embedding and output projection, whose shapes follow the patch, keep their fresh
+    init (output zero)."""
     from videodit.checkpoint import load_dit
 
     source, _ = load_dit(folder)
     src_state, dst_state = source.state_dict(), model.state_dict()
-    new = [k for k in dst_state if k.startswith("token_skip.") and k not in src_state]  # added, kept at init
-    if block_map:
-        src_state = remap_blocks(src_state, tuple(block_map), source.config.depth, model.config.depth)
-        grown = {f"blocks.{i}." for i in range(model.config.depth)} - {f"blocks.{i}." for i in block_map}
-        new += [k for k in dst_state if k.startswith(tuple(grown))]  # identity blocks, kept at init
+    new: list[str] = []  # keys that keep their fresh init
     repatch = tuple(source.config.patch) != tuple(model.config.patch)
     if repatch:
         if source.config.in_channels != model.config.in_channels:
@@ -366,7 +277,7 @@ def init_weights(model: VideoDiT, folder: str, block_map: tuple[int, ...] = ()) 
         new += [k for k in dst_state if k.startswith(PATCH_TIED) and k not in new]
     bad = [k for k in dst_state
            if k not in new and (k not in src_state or src_state[k].shape != dst_state[k].shape)]
-    bad += [k for k in src_state if k not in dst_state]  # e.g. a token_skip the model would silently lose
+    bad += [k for k in src_state if k not in dst_state]
     if bad:
         raise ValueError(f"train.init_from {folder!r} does not fit model: mismatched, missing or extra "
                          f"{bad[:5]}{' ...' if len(bad) > 5 else ''}")
@@ -478,11 +389,10 @@ def main(argv=None) -> None:
     torch.manual_seed(cfg.train.seed)  # identical init on every rank
 
     loader, encoders = build_data(cfg, rank, world, device)
-    loss_map = build_loss_map(cfg, loader.source, encoders, device)
     pixel_decoder = build_pixel_decoder(cfg, device)
     model = VideoDiT(cfg.model)
     if cfg.train.init_from:
-        init_weights(model, cfg.train.init_from, tuple(cfg.train.init_block_map))
+        init_weights(model, cfg.train.init_from)
     ema = EMA(model, cfg.train.ema_decay)
     num_params = sum(p.numel() for p in model.parameters())
     optimizer, scheduler = build_optimizer(model, cfg.train)
@@ -505,7 +415,7 @@ def main(argv=None) -> None:
             gen = step_generator(cfg.train.seed, rank, step, attempt)
             attempt += 1
             loss, _ = flow_loss(_EngineModel(engine), latents, texts, cfg.flow, gen, cfg.train.token_drop,
-                                loss_map, pixel_decoder)
+                                pixel_decoder)
             if any_rank(not bool(torch.isfinite(loss)), device):  # all ranks skip together
                 nan_skips += 1
                 log.warning("non-finite loss at step %d (rank-local %s): row skipped, no update",
