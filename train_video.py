@@ -74,7 +74,8 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     output_dir: str = "runs/default"
-    max_steps: int = 1000  # optimizer steps
+    max_steps: int = 1000  # optimizer steps; the lr schedule ends here
+    stop_step: int = -1  # end this run after this step (with a checkpoint); -1 = max_steps
     seed: int = 0
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -104,6 +105,9 @@ class TrainConfig:
                              f"got {self.max_steps}, {self.warmup_steps}")
         if self.log_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("train.log_every and train.keep_checkpoints must be >= 1")
+        if not (self.stop_step == -1 or 1 <= self.stop_step <= self.max_steps):
+            raise ValueError(f"train.stop_step must be -1 or in [1, max_steps = {self.max_steps}], "
+                             f"got {self.stop_step}")
         if self.decay_start >= 0 and self.decay_start >= self.max_steps:
             raise ValueError(f"train.decay_start ({self.decay_start}) must be < max_steps ({self.max_steps}) "
                              f"or -1 (no decay)")
@@ -405,9 +409,10 @@ def main(argv=None) -> None:
                  cfg.deepspeed.precision, num_params / 1e6)
     writer = SummaryWriter(str(out / "tb")) if rank == 0 else None
     metrics = open(out / "metrics.jsonl", "a") if rank == 0 else None
-    bar = tqdm(total=cfg.train.max_steps, initial=step, disable=rank != 0, desc="train")
+    last = cfg.train.stop_step if cfg.train.stop_step >= 0 else cfg.train.max_steps
+    bar = tqdm(total=last, initial=step, disable=rank != 0, desc="train")
     rows, nan_skips, t0 = iter(loader), 0, time.time()
-    while step < cfg.train.max_steps:
+    while step < last:
         losses, tokens, attempt = [], 0, 0
         while len(losses) < cfg.deepspeed.grad_accum:  # one optimizer step = grad_accum rows per rank
             row = next(rows)
@@ -430,7 +435,7 @@ def main(argv=None) -> None:
             ema.update(engine.module)
         loss_avg = mean_over_ranks(sum(losses) / len(losses), device)
         bar.update(1)
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+        if step % cfg.train.log_every == 0 or step == last:
             skipped = sum_over_ranks(loader.source.stats.get("skipped", 0), device)
             rec = {"step": step, "loss": loss_avg, "lr": scheduler_lr(engine), "skipped_data": skipped,
                    "nan_skips": nan_skips, "latent_positions_per_s": tokens / max(1e-9, time.time() - t0)}
@@ -444,7 +449,7 @@ def main(argv=None) -> None:
                 for k, v in rec.items():
                     if k != "step":
                         writer.add_scalar(f"train/{k}", v, step)
-        if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps:
+        if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == last:
             save_checkpoint(engine, ema, loader, cfg, step, rank)
         if cfg.train.sample_every and step % cfg.train.sample_every == 0 and rank == 0:
             write_samples(ema, cfg, encoders, step, device)

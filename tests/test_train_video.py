@@ -196,12 +196,17 @@ def test_lr_factor_warmup_constant_cosine():
         train_video.TrainConfig(max_steps=10, decay_start=10)
     with pytest.raises(ValueError, match="min_lr_ratio"):
         train_video.TrainConfig(min_lr_ratio=1.5)
+    with pytest.raises(ValueError, match="stop_step"):
+        train_video.TrainConfig(max_steps=10, stop_step=11)
 
 
 def test_lr_decay_switched_on_at_resume_follows_the_step(tmp_path, assets, one_rank):
-    """A run resumed with decay_start set (it was constant before) gets the lr of its step."""
+    """A run stopped early (train.stop_step) and resumed with decay_start set (it was constant before)
+    gets the lr of its step."""
     sched = {"train.warmup_steps": 1, "train.lr": 1e-3, "train.min_lr_ratio": 0.2}
-    run(assets, tmp_path / "r", **{"train.max_steps": 2, **sched})
+    first = run(assets, tmp_path / "r", **{"train.max_steps": 5, "train.stop_step": 2, **sched})
+    assert [m["step"] for m in first] == [1, 2]
+    assert (tmp_path / "r/checkpoints/step00000002").is_dir()
     resumed = run(assets, tmp_path / "r", **{"train.max_steps": 5, "train.decay_start": 2, **sched})
     cfg = train_video.TrainConfig(max_steps=5, warmup_steps=1, lr=1e-3, decay_start=2, min_lr_ratio=0.2)
     assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5]
