@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from data.decode import decode_frames, probe_video
+from videodit.video_reader import decode_frames, probe_video
 from data.precache import INDEX, LatentCache, shard_name
 
 
