@@ -38,14 +38,13 @@ def test_recipe_stages_start_from_what_an_earlier_stage_writes():
     for path in sorted((CONFIGS / "default").glob("*.yaml")):
         raw = yaml.safe_load(path.read_text())
         cfg = load_config(config_class(path), path)
+        out, init = cfg.train.output_dir, cfg.train.init_from
         if isinstance(cfg, train_vae.VAETrainConfig):
-            out, init = cfg.out_dir, cfg.init_from
             paths = [cfg.data.manifest, cfg.data.anchor_manifest]
         else:
-            out, init = cfg.train.output_dir, cfg.train.init_from
             paths = [cfg.data.cache or cfg.data.manifest]
         assert all(p.startswith("runs/default/") for p in [out, *filter(None, paths)]), path.name
         if init:
             assert any(init.startswith(o + "/") for o in outputs), (path.name, init)
         outputs.append(out)
-        assert "output_dir" in raw.get("train", {}) or "out_dir" in raw
+        assert "output_dir" in raw["train"]

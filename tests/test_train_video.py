@@ -15,6 +15,7 @@ from test_data_fixtures import make_dataset, tiny_vae
 import train_video
 from data.precache import precache
 from data.sampling import SamplingConfig
+from videodit import trainer
 from videodit.checkpoint import load_dit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,7 +172,7 @@ def test_init_from_copies_weights_and_resets_head_for_a_new_parameterisation(tmp
     train_video.init_weights(x0, str(tmp_path / "src"))
     torch.testing.assert_close(x0.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
     assert torch.all(x0.final_layer.linear.weight == 0) and torch.all(x0.final_layer.linear.bias == 0)
-    with pytest.raises(ValueError, match="does not fit model"):
+    with pytest.raises(ValueError, match="does not fit the model"):
         wider = VideoDiT(DiTConfig(in_channels=4, hidden_size=64, depth=1))
         train_video.init_weights(wider, str(tmp_path / "src"))
     # a whole run: an x0 model started from the velocity model's weights trains and exports its config
@@ -185,19 +186,19 @@ def test_init_from_copies_weights_and_resets_head_for_a_new_parameterisation(tmp
 
 
 def test_lr_factor_warmup_constant_cosine():
-    cfg = train_video.TrainConfig(max_steps=110, warmup_steps=10, decay_start=10, min_lr_ratio=0.1)
-    assert train_video.lr_factor(0, cfg) == pytest.approx(0.1)  # warm-up
-    assert train_video.lr_factor(9, cfg) == pytest.approx(1.0)
-    assert train_video.lr_factor(60, cfg) == pytest.approx(0.55)  # half-way down the cosine
-    assert train_video.lr_factor(110, cfg) == pytest.approx(0.1) == train_video.lr_factor(500, cfg)
-    flat = train_video.TrainConfig(max_steps=110, warmup_steps=10)
-    assert train_video.lr_factor(109, flat) == 1.0
+    cfg = trainer.TrainConfig(max_steps=110, warmup_steps=10, decay_start=10, min_lr_ratio=0.1)
+    assert trainer.lr_factor(0, cfg) == pytest.approx(0.1)  # warm-up
+    assert trainer.lr_factor(9, cfg) == pytest.approx(1.0)
+    assert trainer.lr_factor(60, cfg) == pytest.approx(0.55)  # half-way down the cosine
+    assert trainer.lr_factor(110, cfg) == pytest.approx(0.1) == trainer.lr_factor(500, cfg)
+    flat = trainer.TrainConfig(max_steps=110, warmup_steps=10)
+    assert trainer.lr_factor(109, flat) == 1.0
     with pytest.raises(ValueError, match="decay_start"):
-        train_video.TrainConfig(max_steps=10, decay_start=10)
+        trainer.TrainConfig(max_steps=10, decay_start=10)
     with pytest.raises(ValueError, match="min_lr_ratio"):
-        train_video.TrainConfig(min_lr_ratio=1.5)
+        trainer.TrainConfig(min_lr_ratio=1.5)
     with pytest.raises(ValueError, match="stop_step"):
-        train_video.TrainConfig(max_steps=10, stop_step=11)
+        trainer.TrainConfig(max_steps=10, stop_step=11)
 
 
 def test_lr_decay_switched_on_at_resume_follows_the_step(tmp_path, assets, one_rank):
@@ -208,10 +209,10 @@ def test_lr_decay_switched_on_at_resume_follows_the_step(tmp_path, assets, one_r
     assert [m["step"] for m in first] == [1, 2]
     assert (tmp_path / "r/checkpoints/step00000002").is_dir()
     resumed = run(assets, tmp_path / "r", **{"train.max_steps": 5, "train.decay_start": 2, **sched})
-    cfg = train_video.TrainConfig(max_steps=5, warmup_steps=1, lr=1e-3, decay_start=2, min_lr_ratio=0.2)
+    cfg = trainer.TrainConfig(max_steps=5, warmup_steps=1, lr=1e-3, decay_start=2, min_lr_ratio=0.2)
     assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5]
     assert [m["lr"] for m in resumed[:2]] == pytest.approx([1e-3, 1e-3])
-    expected = [1e-3 * train_video.lr_factor(s, cfg) for s in (3, 4, 5)]
+    expected = [1e-3 * trainer.lr_factor(s, cfg) for s in (3, 4, 5)]
     assert [m["lr"] for m in resumed[2:]] == pytest.approx(expected)
     assert resumed[-1]["lr"] == pytest.approx(2e-4)
 
@@ -247,6 +248,6 @@ def test_pixel_term_trains_through_the_frozen_vae_decoder(tmp_path, assets, one_
                                                "flow.pixel_samples": 4})
     assert all(math.isfinite(m["loss"]) for m in pixel)
     assert pixel[0]["loss"] > plain[0]["loss"]  # same draws, the decoded term on top
-    with pytest.raises(ValueError, match="pixel_weight > 0 needs train.token_drop 0"):
-        bad = {"flow.pixel_weight": 1.0, "train.token_drop": 0.5}
+    with pytest.raises(ValueError, match="pixel_weight > 0 needs data.token_drop 0"):
+        bad = {"flow.pixel_weight": 1.0, "data.token_drop": 0.5}
         run(assets, tmp_path / "x", **bad)

@@ -349,7 +349,9 @@ class CausalVAE3D(nn.Module):
         mean, logvar = self.encode_moments(video, tile=0)
         z = mean
         if sample:
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            gen_device = generator.device if generator is not None else mean.device
+            noise = torch.randn(mean.shape, generator=generator, device=gen_device, dtype=mean.dtype)
+            noise = noise.to(mean.device)
             z = mean + torch.exp(0.5 * logvar) * noise
         recon = torch.cat(list(self.decode_stream(z, video.shape[2], None, 0, normalised=False)), dim=2)
         return recon, mean, logvar
