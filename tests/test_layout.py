@@ -119,8 +119,13 @@ def test_the_wheel_claims_only_vae3d_and_videodit():
 def test_a_built_wheel_holds_only_vae3d_and_videodit(tmp_path):
     import zipfile
 
+    import shutil
+
+    src = tmp_path / "src"  # built from a copy: setuptools writes build/ and *.egg-info beside the sources
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "runs", "outputs",
+                                                             "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=600)
+                    str(tmp_path), str(src)], check=True, capture_output=True, timeout=600)
     wheel = next(tmp_path.glob("videodit-*.whl"))
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert {t for t in tops if not t.endswith((".dist-info", ".data"))} == {"vae3d", "videodit"}
