@@ -117,9 +117,8 @@ def test_the_wheel_claims_only_vae3d_and_videodit():
 
 @pytest.mark.slow
 def test_a_built_wheel_holds_only_vae3d_and_videodit(tmp_path):
-    import zipfile
-
     import shutil
+    import zipfile
 
     src = tmp_path / "src"  # built from a copy: setuptools writes build/ and *.egg-info beside the sources
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "runs", "outputs",
