@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dit", default="default", help="DiT checkpoint folder (default: the embedded model)")
     ap.add_argument("--vae", default=None, help="VAE to decode with (default: the checkpoint's)")
-    ap.add_argument("--prompts", type=Path, help="prompts JSONL (default: the README's evaluation set)")
+    ap.add_argument("--prompts", type=Path, help="prompts JSONL (default: the evaluation set)")
     ap.add_argument("--num", type=int, default=96, help="number of prompts (half held-out)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1000, 2000], help="seed bases, a clip set each")
     ap.add_argument("--frames", type=int, default=17)

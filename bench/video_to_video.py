@@ -2,7 +2,7 @@
 
     python -m bench.video_to_video [--num 48] [--strengths 0.4 0.6 0.8 1.0] [--ckpt default]
 
-For each of the first `num` evaluation prompts (`data.synthetic.load_eval_prompts`, the README's set),
+For each of the first `num` evaluation prompts (`data.synthetic.load_eval_prompts`, the benchmarks' set),
 renders its ground truth (seed 1000 + i, 17 frames of 128x128, written as mp4) and asks, starting from
 that clip, for the same shape, motion and background in another colour (the next one in
 `videodit.world.COLOURS`, a fresh caption from `make_caption`). Every strength runs through

@@ -57,7 +57,7 @@ LATEST = "latest"
 
 @dataclass
 class TrainConfig:
-    output_dir: str = "runs/default"
+    output_dir: str = "runs/train"
     max_steps: int = 1000  # optimizer steps; the lr schedule ends here
     stop_step: int = -1  # end this run after this step (with a checkpoint); -1 = max_steps
     seed: int = 0
