@@ -1,38 +1,34 @@
 """Train the causal 3D VAE on videos and images together.
 
-    python train_vae.py --config configs/vae_debug.yaml [--set steps=100 --set lr=3e-4]
-    deepspeed --num_gpus 8 train_vae.py --config configs/vae_default.yaml
+    python train_vae.py --config configs/vae_debug.yaml [--set train.max_steps=100 --set train.lr=3e-4]
+    deepspeed --num_gpus 8 train_vae.py --config configs/default/vae_1_base.yaml --set data.manifest=M
 
-Plain `python` trains in one process with torch AdamW; under the `deepspeed` launcher (RANK set in the
-environment) the VAE runs in a DeepSpeed engine (ZeRO per `deepspeed.zero_stage`) and the optional
-patch-GAN discriminator averages its gradients over ranks by hand. Loss: L1 + KL + (1 - SSIM) [+ hinge
-patch-GAN after `loss.gan_start`]. Logs PSNR to OUT/metrics.jsonl; checkpoints OUT/last/ (save_vae folder
-+ train_state.pt, or a DeepSpeed checkpoint in OUT/ds/) and resumes from them; at the end measures the
-per-channel latent shift/scale on `stats_clips` clips, stores them in the model and writes OUT/final/.
+The VAE runs in a DeepSpeed engine (ZeRO per `deepspeed.zero_stage`; plain `python` is a group of one);
+the optional patch-GAN discriminator averages its gradients over ranks by hand. Loss: L1 + KL +
+(1 - SSIM) [+ MSE] [+ hinge patch-GAN after `loss.gan_start`]. The loop, checkpoints (each with the VAE as
+a `save_vae` folder, `vae/`) and resume are `videodit.trainer`'s. At the end the per-channel latent
+shift/scale are measured on `stats_clips` clips, stored in the model, and the VAE is written to
+`<output_dir>/final/`.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import logging
-import os
-import random
-import time
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from einops import rearrange
 
 from vae3d import CausalVAE3D, VAEConfig
 from vae3d.io import load_vae, save_vae
 from vae3d.losses import PatchDiscriminator3D, VAELossConfig, disc_hinge_loss, psnr, vae_loss
 from videodit.config import load_config, to_dict
-from videodit.distributed import DeepSpeedConfig, deepspeed_config, init_distributed
+from videodit.distributed import DeepSpeedConfig, barrier
+from videodit.trainer import Session, TrainConfig, load_matching, parse_args, start, train
 
 log = logging.getLogger("train_vae")
 
@@ -47,11 +43,6 @@ class VAEDataConfig:
     max_frames: int = 17  # clip length cap (frames); the VAE pads to 1 + k * ts itself
     max_tokens: int = 256  # NaViT resolution sampling budget (in 2x2 latent patches) per clip
     image_fraction: float = 0.25  # share of samples trained as single images (first frame only)
-    # (DiT latent, clip) pairs from `python -m data.dit_pairs`: with probability pair_fraction a sample is a
-    # pair, and the decoder is trained to turn the DiT's latent into the clip (needs freeze_encoder: the
-    # pairs live in the frozen encoder's latent space). The rest are ordinary encoded clips.
-    pairs: str = ""
-    pair_fraction: float = 0.5
     # Clips whose latents are held where init_from's encoder puts them (`anchor_weight`): a second sample
     # from here joins every step, reconstructed as usual and with its latent pulled to the old one.
     anchor_manifest: str = ""
@@ -59,10 +50,13 @@ class VAEDataConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.image_fraction <= 1.0:
             raise ValueError(f"data.image_fraction must be in [0, 1], got {self.image_fraction}")
-        if not 0.0 <= self.pair_fraction <= 1.0:
-            raise ValueError(f"data.pair_fraction must be in [0, 1], got {self.pair_fraction}")
         if self.synthetic_clips < 1:
             raise ValueError(f"data.synthetic_clips must be >= 1, got {self.synthetic_clips}")
+
+
+def _vae_train_defaults() -> TrainConfig:
+    return TrainConfig(output_dir="runs/vae", betas=(0.9, 0.99), warmup_steps=0, ema_decay=0.0,
+                       save_every=200)
 
 
 @dataclass
@@ -70,61 +64,30 @@ class VAETrainConfig:
     model: VAEConfig = field(default_factory=VAEConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
     data: VAEDataConfig = field(default_factory=VAEDataConfig)
+    train: TrainConfig = field(default_factory=_vae_train_defaults)
     deepspeed: DeepSpeedConfig = field(default_factory=lambda: DeepSpeedConfig(zero_stage=1))
-    out_dir: str = "runs/vae"
-    steps: int = 1000  # optimizer steps; each accumulates deepspeed.grad_accum clips per rank
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    log_every: int = 10
-    save_every: int = 200
     stats_clips: int = 32  # clips encoded at the end to measure the latent shift/scale
-    seed: int = 0
-    init_from: str = ""  # start from this saved VAE (folder or "default") instead of a fresh one
     freeze_encoder: bool = False  # train the decoder only: the latent space (and its shift/scale) stays
-    # Train the encoder only, against the kept decoder (the latent space moves; its shift/scale are measured
-    # again at the end). Fitted latents of moving squares decode sharper than the encoder's
-    # (bench/vae_latent_fit.py): this asks whether the encoder can learn to find them.
-    freeze_decoder: bool = False
     # Fine-tune encoder and decoder while the latents of data.anchor_manifest's clips stay where init_from's
     # encoder puts them: anchor_weight times their mean squared distance in normalised latent units joins
     # the loss (the latent shift/scale are kept). A DiT trained on those clips' latents keeps working,
-    # while the rest of the data (natural images) may move to latents that reconstruct it better.
+    # while the rest of the data may move to latents that reconstruct it better.
     anchor_weight: float = 0.0
-    # Start a fresh arch-"patch" VAE with linear paths (model.linear_skip) as the PCA codec of this many
-    # clips' (ts, ss, ss) patches (`pca_init`); 0 = off. A linear code of the VAE's size reconstructs
-    # natural clips at 28.4 dB where the trained patch VAE gets 24.4 (BENCHMARKS.md); training adds the
-    # nonlinear rest.
-    init_pca_clips: int = 0
 
     def __post_init__(self) -> None:
-        if self.init_pca_clips < 0:
-            raise ValueError(f"init_pca_clips must be >= 0, got {self.init_pca_clips}")
-        fresh_patch = not self.init_from and self.model.arch == "patch" and self.model.linear_skip
-        if self.init_pca_clips and not fresh_patch:
-            raise ValueError("init_pca_clips starts a fresh arch 'patch' VAE's linear paths: it needs "
-                             "model.arch patch, model.linear_skip true and no init_from")
-        if self.steps < 1 or self.lr <= 0:
-            raise ValueError(f"steps must be >= 1 and lr > 0, got steps={self.steps}, lr={self.lr}")
-        if self.log_every < 1 or self.save_every < 0 or self.stats_clips < 0:
-            raise ValueError(f"log_every >= 1, save_every >= 0, stats_clips >= 0 required, got "
-                             f"{self.log_every}, {self.save_every}, {self.stats_clips}")
-        if self.freeze_encoder and not self.init_from:
-            raise ValueError("freeze_encoder needs init_from: a trained VAE (its encoder is kept)")
-        if self.freeze_decoder and not self.init_from:
-            raise ValueError("freeze_decoder needs init_from: a trained VAE (its decoder is kept)")
-        if self.freeze_encoder and self.freeze_decoder:
-            raise ValueError("freeze_encoder and freeze_decoder together leave nothing to train")
+        if self.stats_clips < 0:
+            raise ValueError(f"stats_clips must be >= 0, got {self.stats_clips}")
+        init = self.train.init_from
+        if self.freeze_encoder and not init:
+            raise ValueError("freeze_encoder needs train.init_from: a trained VAE (its encoder is kept)")
         if self.anchor_weight < 0:
             raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
-        if self.anchor_weight > 0 and not (self.init_from and self.data.anchor_manifest):
-            raise ValueError("anchor_weight holds data.anchor_manifest's latents where init_from's encoder "
-                             "puts them: it needs both")
+        if self.anchor_weight > 0 and not (init and self.data.anchor_manifest):
+            raise ValueError("anchor_weight holds data.anchor_manifest's latents where train.init_from's "
+                             "encoder puts them: it needs both")
         if self.anchor_weight > 0 and (self.freeze_encoder or self.stats_clips):
             raise ValueError("anchor_weight fine-tunes the encoder under the kept latent stats: it needs "
                              "freeze_encoder false and stats_clips 0")
-        if self.data.pairs and not self.freeze_encoder:
-            raise ValueError("data.pairs trains the decoder on DiT latents of the frozen encoder's space: it "
-                             "needs freeze_encoder (and init_from the VAE the pairs were made with)")
 
 
 # ------------------------------------------------------------------ data
@@ -132,16 +95,16 @@ class VAETrainConfig:
 
 def clip_stream(cfg: VAETrainConfig, rank: int, world: int, manifest: str = "") -> Iterator[torch.Tensor]:
     """Endless (3, F, H, W) clips in [-1, 1] from the data layer (data.dataset.VideoDataset), from `manifest`
-    (default: data.manifest)."""
+    (default: data.manifest, else the rendered world)."""
     from data.dataset import VideoDataset
     from data.sampling import SamplingConfig
 
-    manifest = manifest or cfg.data.manifest or str(Path(cfg.out_dir) / "world" / "train.jsonl")
+    manifest = manifest or cfg.data.manifest or str(Path(cfg.train.output_dir) / "world" / "train.jsonl")
     sampling = SamplingConfig(temporal_stride=cfg.model.temporal_stride,
                               spatial_stride=cfg.model.spatial_stride,
                               min_tokens=min(64, cfg.data.max_tokens), max_tokens=cfg.data.max_tokens,
                               min_frames=cfg.data.min_frames, max_frames=cfg.data.max_frames)
-    dataset = VideoDataset(manifest, sampling, seed=cfg.seed, rank=rank, world_size=world)
+    dataset = VideoDataset(manifest, sampling, seed=cfg.train.seed, rank=rank, world_size=world)
     for epoch in itertools.count():
         dataset.set_epoch(epoch)
         got = False
@@ -153,63 +116,23 @@ def clip_stream(cfg: VAETrainConfig, rank: int, world: int, manifest: str = "") 
 
 
 def render_world_if_needed(cfg: VAETrainConfig, rank: int) -> None:
-    if cfg.data.manifest or rank != 0 or (Path(cfg.out_dir) / "world" / "train.jsonl").is_file():
+    """No data.manifest: rank 0 renders a small synthetic world into <output_dir>/world (once)."""
+    if cfg.data.manifest or rank != 0 or (Path(cfg.train.output_dir) / "world" / "train.jsonl").is_file():
         return
     from data.synthetic import render_dataset
 
     d = cfg.data
     max_frames = max(d.max_frames, 9)
-    render_dataset(Path(cfg.out_dir) / "world", d.synthetic_clips, seed=cfg.seed, num_heldout=1,
-                   min_size=d.synthetic_min_size, max_size=d.synthetic_max_size,
+    render_dataset(Path(cfg.train.output_dir) / "world", d.synthetic_clips, seed=cfg.train.seed,
+                   num_heldout=1, min_size=d.synthetic_min_size, max_size=d.synthetic_max_size,
                    min_frames=min(9, max_frames), max_frames=max_frames)
 
 
-def pair_sample(pairs: list[dict], rng: random.Random, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random (clip (1, 3, F, H, W) in [-1, 1], DiT latent (1, C, T, h, w) normalised) pair."""
-    item = pairs[rng.randrange(len(pairs))]
-    video = item["frames"].permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-    return video.to(device), item["latent"][None].float().to(device)
-
-
-def as_sample(video: torch.Tensor, rng: random.Random, image_fraction: float, device) -> torch.Tensor:
+def as_sample(video: torch.Tensor, generator: torch.Generator, image_fraction: float, device) -> torch.Tensor:
     """(3, F, H, W) -> (1, 3, F', H, W); an image (F' = 1) with probability image_fraction."""
-    if rng.random() < image_fraction:
+    if float(torch.rand((), generator=generator)) < image_fraction:
         video = video[:, :1]
     return video[None].to(device)
-
-
-# ------------------------------------------------------------------ checkpoints
-
-
-def save_state(out: Path, model, opt, disc, disc_opt, step: int, engine=None) -> None:
-    """OUT/last = save_vae folder + train_state.pt (optimizer, discriminator, step); DeepSpeed: OUT/ds too."""
-    if engine is not None:
-        engine.save_checkpoint(str(out / "ds"), tag="last", client_state={"step": step})
-    if engine is None or dist.get_rank() == 0:
-        save_vae(model, out / "last", meta={"step": step})
-        state = {"step": step, "optimizer": opt.state_dict() if engine is None else None,
-                 "disc": disc.state_dict() if disc is not None else None,
-                 "disc_optimizer": disc_opt.state_dict() if disc_opt is not None else None}
-        tmp = out / "last" / "train_state.pt.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, out / "last" / "train_state.pt")
-
-
-def maybe_resume(out: Path, model, opt, disc, disc_opt, engine=None) -> int:
-    path = out / "last" / "train_state.pt"
-    if not path.is_file():
-        return 0
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if engine is not None:
-        engine.load_checkpoint(str(out / "ds"), tag="last")
-    else:
-        model.load_state_dict(load_vae(out / "last").state_dict())
-        opt.load_state_dict(state["optimizer"])
-    if disc is not None and state["disc"] is not None:
-        disc.load_state_dict(state["disc"])
-        disc_opt.load_state_dict(state["disc_optimizer"])
-    log.info("resumed from %s at step %d", out / "last", state["step"])
-    return int(state["step"])
 
 
 # ------------------------------------------------------------------ latent statistics
@@ -234,213 +157,130 @@ def latent_stats(model: CausalVAE3D, clips: Iterator[torch.Tensor], num: int, de
     return shift.float(), scale.float()
 
 
-@torch.no_grad()
-def pca_init(model: CausalVAE3D, clips: Iterator[torch.Tensor], num: int) -> float:
-    """Make a fresh arch-"patch" VAE with linear paths the PCA codec of `num` clips' space-time patches.
+# ------------------------------------------------------------------ the task
 
-    Patches are cut as the encoder cuts them ((ts, ss, ss) blocks, channel-major, the first frame replicated
-    ts - 1 times in front). The encoder's linear path becomes the top-c principal directions E (latent mean
-    = E^T (patch - mu), the centring in conv_out's bias), the decoder's E (patch = mu + E z, mu in
-    proj_out's bias); the MLP outputs beside them start at zero, so the untrained model reconstructs as the
-    PCA does (up to the posterior noise) and training learns the rest. Returns the variance share of E.
-    """
-    enc, dec = model.encoder, model.decoder
-    if enc.skip is None or dec.skip is None:
-        raise ValueError("pca_init needs arch 'patch' with model.linear_skip")
-    ts, ss, c = enc.ts, enc.ss, model.latent_channels
-    patches = []
-    for video in itertools.islice(clips, num):
-        x = video[None].float()
-        x = torch.cat([x[:, :, :1].expand(-1, -1, ts - 1, -1, -1), x], dim=2)
-        n = x.shape[2] // ts
-        patches.append(rearrange(x[:, :, : n * ts], "b c (t pt) (h p1) (w p2) -> (b t h w) (c pt p1 p2)",
-                                 pt=ts, p1=ss, p2=ss).double())
-    if not patches:
-        raise ValueError("pca_init got no clips")
-    x = torch.cat(patches)
-    mu = x.mean(0)
-    cov = (x - mu).T @ (x - mu) / len(x)
-    evals, evecs = torch.linalg.eigh(cov)  # ascending
-    basis = evecs[:, -c:].flip(1)  # (D, c), largest first
-    share = float(evals[-c:].sum() / evals.sum())
-    dtype = enc.skip.weight.dtype
-    enc.skip.weight.copy_(basis.T.to(dtype)[:, :, None, None, None])
-    enc.conv_out.weight[:c].zero_()
-    enc.conv_out.bias[:c].copy_((-basis.T @ mu).to(dtype))
-    dec.skip.weight.copy_(basis.to(dtype)[:, :, None, None, None])
-    dec.proj_out.weight.zero_()
-    dec.proj_out.bias.copy_(mu.to(dtype))
-    return share
+
+def init_weights(model: CausalVAE3D, folder: str) -> None:
+    """Copy a saved VAE into `model`: the same architecture, or the same plus a pixel refiner (which then
+    starts as the identity)."""
+    init = load_vae(folder)
+    mine = to_dict(model.config)
+    if init.config.refine_channels == 0:  # a fine-tune may add a refiner
+        mine.update(refine_channels=0)
+    if to_dict(init.config) != mine:
+        raise ValueError(f"train.init_from {folder}: its architecture {to_dict(init.config)} differs from "
+                         f"the config's model section {to_dict(model.config)} (a fine-tune may only add a "
+                         f"pixel refiner)")
+    fresh = {k for k in model.state_dict() if k.startswith("decoder.refine.")} - set(init.state_dict())
+    load_matching(model, init.state_dict(), fresh, folder)
+    log.info("initialised from %s", folder)
+
+
+class VAETask:
+    """Reconstruction loss on clips, optional anchor and patch-GAN (`videodit.trainer.Task`)."""
+
+    def __init__(self, cfg: VAETrainConfig, session: Session):
+        self.cfg, self.session = cfg, session
+        device = session.device
+        self.clips = clip_stream(cfg, session.rank, session.world)
+        self.anchor_clips = self.anchor_vae = None
+        if cfg.anchor_weight > 0:
+            self.anchor_clips = clip_stream(cfg, session.rank, session.world, cfg.data.anchor_manifest)
+            self.anchor_vae = load_vae(cfg.train.init_from).to(device).eval().requires_grad_(False)
+        self.disc = self.disc_opt = None
+        if cfg.loss.gan_start >= 0:
+            self.disc = PatchDiscriminator3D(cfg.loss.disc_channels, cfg.loss.disc_layers).to(device)
+            self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=cfg.loss.disc_lr, betas=(0.5, 0.9))
+        self.disc_trained = False  # the discriminator has gradients to apply this step
+
+    def init_from(self, model, folder: str) -> None:
+        init_weights(model, folder)
+
+    def loss(self, model, step: int, generator: torch.Generator):
+        cfg, device = self.cfg, self.session.device
+        gan_on = self.disc is not None and step >= cfg.loss.gan_start
+        video = as_sample(next(self.clips), generator, cfg.data.image_fraction, device)
+        recon, mean, logvar = model(video, generator=generator)
+        loss, logs = vae_loss(recon, video, mean, logvar, cfg.loss, self.disc if gan_on else None)
+        logs.pop("loss")
+        logs["psnr"] = psnr(recon.detach().clamp(-1, 1), video).item()
+        if self.anchor_clips is not None:
+            held = as_sample(next(self.anchor_clips), generator, cfg.data.image_fraction, device)
+            recon_a, mean_a, logvar_a = model(held, generator=generator)
+            loss_a, _ = vae_loss(recon_a, held, mean_a, logvar_a, cfg.loss, None)
+            with torch.no_grad():
+                old_mean, _ = self.anchor_vae.encode_moments(held, tile=0)
+            scale = self.anchor_vae.latent_scale.view(1, -1, 1, 1, 1)
+            drift = ((mean_a - old_mean) / scale).pow(2).mean()
+            loss = loss + loss_a + cfg.anchor_weight * drift
+            logs["anchor_drift"] = drift.item()
+            logs["anchor_psnr"] = psnr(recon_a.detach().clamp(-1, 1), held).item()
+        if gan_on and torch.isfinite(loss):
+            d_loss = disc_hinge_loss(self.disc(video), self.disc(recon.detach()))
+            (d_loss / cfg.deepspeed.grad_accum).backward()
+            logs["gan_d"] = d_loss.item()
+            self.disc_trained = True
+        return loss, logs
+
+    def after_step(self, step: int, weights) -> None:
+        if not self.disc_trained:
+            return
+        if dist.is_initialized():
+            for p in self.disc.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= dist.get_world_size()
+        self.disc_opt.step()
+        self.disc_opt.zero_grad(set_to_none=True)
+        self.disc_trained = False
+
+    def log_fields(self, seconds: float) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        if self.disc is None:
+            return {}
+        return {"disc": self.disc.state_dict(), "disc_optimizer": self.disc_opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.disc is not None and "disc" in state:
+            self.disc.load_state_dict(state["disc"])
+            self.disc_opt.load_state_dict(state["disc_optimizer"])
+
+    def export(self, weights: dict, folder: Path) -> None:
+        model = CausalVAE3D(self.cfg.model)
+        model.load_state_dict(weights)
+        save_vae(model, folder)
 
 
 # ------------------------------------------------------------------ main
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default=None, help="YAML file with what differs from VAETrainConfig defaults")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="typed override")
-    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
-    return p.parse_args(argv)
-
-
 def main(argv=None) -> list[dict]:
-    """Train; returns the logged records (also written to OUT/metrics.jsonl on rank 0)."""
-    args = parse_args(argv)
+    """Train; returns the logged records (also written to <output_dir>/metrics.jsonl on rank 0)."""
+    args = parse_args(__doc__, argv)
     cfg = load_config(VAETrainConfig, args.config, args.set)
-    use_ds = "RANK" in os.environ  # launched by deepspeed / torchrun
-    rank, world = 0, 1
-    if use_ds:
-        rank, _, world = init_distributed()
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(name)s %(message)s")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    render_world_if_needed(cfg, rank)
-    if use_ds:
-        dist.barrier()
-    torch.manual_seed(cfg.seed)  # identical init on every rank
+    session = start(cfg.train, cfg.deepspeed)
+    render_world_if_needed(cfg, session.rank)
+    barrier()
     model = CausalVAE3D(cfg.model)
-    if cfg.init_from:
-        init = load_vae(cfg.init_from)
-        mine = to_dict(cfg.model)  # what init must match, after the parts a decoder fine-tune may add:
-        if init.config.refine_channels == 0 and cfg.model.refine_channels > 0:  # a refiner
-            mine.update(refine_channels=0, refine_stages=init.config.refine_stages)
-        elif init.config.refine_stages < cfg.model.refine_stages:  # refiner stages after the trained ones
-            mine.update(refine_stages=init.config.refine_stages)
-        if init.config.head_channels == 0:  # an output branch
-            mine.update(head_channels=0)
-        if not init.config.linear_skip:  # linear paths (zero at first)
-            mine.update(linear_skip=False)
-        if to_dict(init.config) != mine:
-            raise ValueError(f"init_from {cfg.init_from}: its architecture {to_dict(init.config)} "
-                             f"differs from the config's model section {to_dict(cfg.model)} (a fine-tune may "
-                             f"only add a refiner, refiner stages, an output branch or linear paths)")
-        missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
-        addable = ("decoder.refine.", "decoder.refine_more.", "decoder.head.", "decoder.skip.",
-                   "encoder.skip.")
-        if unexpected or any(not k.startswith(addable) for k in missing):
-            raise ValueError(f"init_from {cfg.init_from}: weights do not fit (missing {missing}, "
-                             f"unexpected {unexpected})")
-    if cfg.init_pca_clips:
-        share = pca_init(model, clip_stream(cfg, 0, 1), cfg.init_pca_clips)  # every rank: the same clips
-        log.info("PCA init from %d clips: the %d directions hold %.4f of the patch variance",
-                 cfg.init_pca_clips, model.latent_channels, share)
     if cfg.freeze_encoder:
         model.encoder.requires_grad_(False)
-    if cfg.freeze_decoder:
-        model.decoder.requires_grad_(False)
-    model = model.to(device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    disc = disc_opt = None
-    if cfg.loss.gan_start >= 0:
-        disc = PatchDiscriminator3D(cfg.loss.disc_channels, cfg.loss.disc_layers).to(device)
-        disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.loss.disc_lr, betas=(0.5, 0.9))
-    engine = None
-    if use_ds:
-        import deepspeed
-
-        engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=opt,
-                                                 config=deepspeed_config(cfg.deepspeed, world))
-    step = maybe_resume(out, model, opt, disc, disc_opt, engine)
-    for group in opt.param_groups:  # the config's lr wins over the one saved with a resumed optimizer
-        group["lr"] = cfg.lr
-    if rank == 0:
-        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-        log.info("VAE %.2fM parameters, world size %d, %s", sum(p.numel() for p in model.parameters()) / 1e6,
-                 world, "deepspeed" if use_ds else "plain torch")
-    clips = clip_stream(cfg, rank, world)
-    anchor_clips = anchor_vae = None
-    if cfg.anchor_weight > 0:
-        anchor_clips = clip_stream(cfg, rank, world, cfg.data.anchor_manifest)
-        anchor_vae = load_vae(cfg.init_from).to(device).eval().requires_grad_(False)
-    pairs = []
-    if cfg.data.pairs:
-        from data.dit_pairs import load_pairs
-
-        pairs = load_pairs(cfg.data.pairs)
-        if rank == 0:
-            log.info("%d DiT latent pairs from %s, %.0f%% of samples", len(pairs), cfg.data.pairs,
-                     100 * cfg.data.pair_fraction)
-    rng = random.Random(f"vae-{cfg.seed}-{rank}-{step}")
-    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank + step)
-    records, accum, t0 = [], cfg.deepspeed.grad_accum, time.time()
-    metrics = open(out / "metrics.jsonl", "a") if rank == 0 else None
-    while step < cfg.steps:
-        gan_on = disc is not None and step >= cfg.loss.gan_start
-        logs_sum: dict[str, float] = {}
-        for _ in range(accum):
-            latent = None
-            if pairs and rng.random() < cfg.data.pair_fraction:
-                video, latent = pair_sample(pairs, rng, device)
-            else:
-                video = as_sample(next(clips), rng, cfg.data.image_fraction, device)
-            recon, mean, logvar = (engine or model)(video, generator=gen, latent=latent)
-            loss, logs = vae_loss(recon, video, mean, logvar, cfg.loss, disc if gan_on else None)
-            logs["psnr"] = psnr(recon.detach().clamp(-1, 1), video).item()
-            if anchor_clips is not None:
-                held = as_sample(next(anchor_clips), rng, cfg.data.image_fraction, device)
-                recon_a, mean_a, logvar_a = (engine or model)(held, generator=gen)
-                loss_a, _ = vae_loss(recon_a, held, mean_a, logvar_a, cfg.loss, None)
-                with torch.no_grad():
-                    old_mean, _ = anchor_vae.encode_moments(held, tile=0)
-                scale = anchor_vae.latent_scale.view(1, -1, 1, 1, 1)
-                drift = ((mean_a - old_mean) / scale).pow(2).mean()
-                loss = loss + loss_a + cfg.anchor_weight * drift
-                logs.update(anchor_drift=drift.item(),
-                            anchor_psnr=psnr(recon_a.detach().clamp(-1, 1), held).item())
-            if engine is not None:
-                engine.backward(loss)
-                engine.step()
-            else:
-                (loss / accum).backward()
-            if gan_on:
-                d_loss = disc_hinge_loss(disc(video), disc(recon.detach()))
-                (d_loss / accum).backward()
-                logs["gan_d"] = d_loss.item()
-            for k, v in logs.items():
-                logs_sum[k] = logs_sum.get(k, 0.0) + v / accum
-        if engine is None:
-            if cfg.deepspeed.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.deepspeed.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        if gan_on:
-            if dist.is_initialized():
-                for p in disc.parameters():
-                    if p.grad is not None:
-                        dist.all_reduce(p.grad)
-                        p.grad /= world
-            disc_opt.step()
-            disc_opt.zero_grad(set_to_none=True)
-        step += 1
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            rec = {"step": step, **{k: round(v, 6) for k, v in logs_sum.items()},
-                   "sec_per_step": round((time.time() - t0) / cfg.log_every, 4)}
-            t0 = time.time()
-            records.append(rec)
-            if rank == 0:
-                log.info("step %d loss %.4f l1 %.4f psnr %.2f", step, rec["loss"], rec["l1"], rec["psnr"])
-                metrics.write(json.dumps(rec) + "\n")
-                metrics.flush()
-        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-            save_state(out, model, opt, disc, disc_opt, step, engine)
-    model.eval()
+    result = train(VAETask(cfg, session), model, cfg.train, cfg.deepspeed, session, to_dict(cfg),
+                   export_name="vae")
+    final = CausalVAE3D(cfg.model).to(session.device).eval()
+    final.load_state_dict(result.weights)
     if cfg.stats_clips and not cfg.freeze_encoder:  # a frozen encoder keeps the stats it came with
-        shift, scale = latent_stats(model, clip_stream(cfg, rank, world), cfg.stats_clips, device)
-        model.set_latent_stats(shift, scale)
-        if rank == 0:
-            log.info("latent shift %s scale %s", [round(v, 3) for v in shift.tolist()],
-                     [round(v, 3) for v in scale.tolist()])
-    save_state(out, model, opt, disc, disc_opt, step, engine)
-    if rank == 0:
-        save_vae(model, out / "final", meta={"step": step})
-        metrics.close()
-    return records
+        stream = clip_stream(cfg, session.rank, session.world)
+        shift, scale = latent_stats(final, stream, cfg.stats_clips, session.device)
+        final.set_latent_stats(shift, scale)
+        log.info("latent shift %s scale %s", [round(v, 3) for v in shift.tolist()],
+                 [round(v, 3) for v in scale.tolist()])
+    if session.rank == 0:
+        save_vae(final, session.out / "final", meta={"step": result.step})
+    barrier()
+    return result.records
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

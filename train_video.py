@@ -4,50 +4,32 @@
     python train_video.py --config configs/debug.yaml          (one rank)
 
 Data: raw videos from `data.manifest` (decoded, VAE- and text-encoded on the fly) or a latent cache
-from `python -m data.precache` (`data.cache`). Checkpoints under `<output_dir>/checkpoints/<tag>/`:
-DeepSpeed's own state (resume) plus per-rank loader position and RNG, the EMA state, and the EMA weights
-as a `save_dit` folder (`ema/`) that `generate.py --ckpt` loads; `checkpoints/latest` names the last
-complete one and is replaced atomically after everything else is written, so a kill mid-save leaves
-the previous checkpoint in charge. `<output_dir>/ema` is the newest EMA export.
+from `python -m data.precache` (`data.cache`). The loop, checkpoints and resume are `videodit.trainer`'s;
+each checkpoint holds the EMA weights as a `save_dit` folder (`ema/`) that `generate.py --ckpt` loads, and
+`<output_dir>/ema` is the newest of them.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import math
-import os
 import random
-import shutil
-import time
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from data.loader import PackedLoader
 from data.precache import LatentCache
 from data.sampling import SamplingConfig
 from data.tasks import check_mix, sample_tasks
-from videodit.checkpoint import save_dit
+from videodit.checkpoint import load_dit, save_dit
 from videodit.config import load_config, to_dict
-from videodit.distributed import (
-    DeepSpeedConfig,
-    all_gather_object,
-    any_rank,
-    barrier,
-    deepspeed_config,
-    device_for,
-    gathered,
-    init_distributed,
-    mean_over_ranks,
-    sum_over_ranks,
-)
-from videodit.ema import EMA
-from videodit.flow import FlowConfig, channel_loss_map, decoder_sensitivity, flow_loss, token_loss_map
+from videodit.distributed import DeepSpeedConfig, all_gather_object, sum_over_ranks
+from videodit.flow import FlowConfig, flow_loss
 from videodit.model import DiTConfig, VideoDiT
+from videodit.trainer import Session, TrainConfig, load_matching, parse_args, start, train
 
 log = logging.getLogger("train_video")
 
@@ -64,13 +46,14 @@ class DataConfig:
     # NaViT token dropping for large samples: a sample with more tokens trains on a random keep_tokens of
     # them (0 = keep all); rows are planned with the kept counts, so 720p clips fit small rows
     keep_tokens: int = 0
-    # Conditioning tasks mixed into every row ({task: weight}, data.tasks): t2v, i2v (latent frame 0
-    # given), extend (a prefix of whole token groups given); see data/tasks.py
+    # Conditioning tasks mixed into every row ({task: weight}): t2v, i2v (latent frame 0 given), extend (a
+    # prefix of whole token groups given); see data/tasks.py. The checkpoint's meta lists them.
     tasks: dict[str, float] = field(default_factory=lambda: {"t2v": 1.0})
     target_fps: float = 8.0
     min_frames: int = 1
     max_frames: int = 33
     window: int = 32  # samples planned into rows together
+    token_drop: float = 0.0  # NaViT token dropping: this share of each clip's tokens is left out of a row
 
     def __post_init__(self):
         check_mix(self.tasks)
@@ -80,55 +63,19 @@ class DataConfig:
         if min(self.max_tokens, self.keep_tokens or self.max_tokens) > self.row_tokens:
             raise ValueError(f"data.max_tokens ({self.max_tokens}) must be <= data.row_tokens "
                              f"({self.row_tokens}) unless data.keep_tokens caps it: a clip must fit a row")
+        if not 0.0 <= self.token_drop < 1.0:
+            raise ValueError(f"data.token_drop must be in [0, 1), got {self.token_drop}")
 
 
 @dataclass
-class TrainConfig:
-    output_dir: str = "runs/default"
-    max_steps: int = 1000  # optimizer steps
-    seed: int = 0
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 100  # linear warm-up from 0
-    # Cosine decay of the lr from decay_start to max_steps, down to lr * min_lr_ratio (-1: constant lr).
-    # A resumed run may switch it on: the schedule is a function of the step, not of the run's history.
-    decay_start: int = -1
-    min_lr_ratio: float = 0.1
-    ema_decay: float = 0.999
-    token_drop: float = 0.0  # NaViT token dropping rate during training
-    log_every: int = 10
-    save_every: int = 500  # 0 = only at the end
-    keep_checkpoints: int = 2
-    resume: bool = True  # continue from <output_dir>/checkpoints/latest if present
-    # Start a NEW run from the weights of a `save_dit` folder (e.g. another run's ema/) instead of random
-    # init; shapes must match. If its `prediction` differs from model.prediction, the output head is
-    # zeroed (it is relearned). Ignored when resuming (the checkpoint wins).
-    init_from: str = ""
-    # With init_from, for a model DEEPER than the source: block i of the source goes to model block
-    # init_block_map[i] (strictly increasing, one entry per source block). The other blocks keep their fresh
-    # adaLN-zero init, which is exactly the identity, so the grown model starts as the source.
-    init_block_map: tuple[int, ...] = ()
-    sample_every: int = 0  # write sample videos with the EMA model every N steps (0 = off)
-    sample_prompts: tuple[str, ...] = ("a red ball bouncing",)
-    sample_size: tuple[int, int, int] = (5, 32, 32)  # frames, height, width of sample videos
+class PreviewConfig:
+    """Sample videos from the EMA weights during training (raw-data mode: it needs the VAE and the text
+    encoder), written to <output_dir>/samples/."""
 
-    def __post_init__(self):
-        if self.max_steps < 0 or self.warmup_steps < 0:
-            raise ValueError(f"train.max_steps and warmup_steps must be >= 0, "
-                             f"got {self.max_steps}, {self.warmup_steps}")
-        if self.log_every < 1 or self.keep_checkpoints < 1:
-            raise ValueError("train.log_every and train.keep_checkpoints must be >= 1")
-        if self.decay_start >= 0 and self.decay_start >= self.max_steps:
-            raise ValueError(f"train.decay_start ({self.decay_start}) must be < max_steps ({self.max_steps}) "
-                             f"or -1 (no decay)")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        m = list(self.init_block_map)
-        if m and (min(m) < 0 or any(b <= a for a, b in zip(m, m[1:]))):
-            raise ValueError(f"train.init_block_map must be strictly increasing block indices >= 0, got {m}")
-        if m and not self.init_from:
-            raise ValueError("train.init_block_map needs train.init_from")
+    every: int = 0  # steps between previews; 0 = off
+    prompts: tuple[str, ...] = ("a red ball bouncing",)
+    size: tuple[int, int, int] = (5, 32, 32)  # frames, height, width
+    steps: int = 20  # sampling steps
 
 
 @dataclass
@@ -138,35 +85,18 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
 
     def __post_init__(self):
-        if self.flow.pixel_weight > 0 and (self.train.token_drop > 0 or self.data.keep_tokens > 0):
-            raise ValueError("flow.pixel_weight > 0 needs train.token_drop 0 (a dropped token has no x0 "
-                             f"prediction to decode), got token_drop {self.train.token_drop}")
+        if self.flow.pixel_weight > 0 and (self.data.token_drop > 0 or self.data.keep_tokens > 0):
+            raise ValueError("flow.pixel_weight > 0 needs data.token_drop 0 (a dropped token has no x0 "
+                             f"prediction to decode), got token_drop {self.data.token_drop}")
 
 
-# ------------------------------------------------------------------ pieces of main
+# ------------------------------------------------------------------ data
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, help="YAML file (only what differs from the defaults)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override, e.g. train.max_steps=10 (repeatable)")
-    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by deepspeed
-    return p.parse_args(argv)
-
-
-def setup_logging(out: Path, rank: int) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(out / "train.log"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, handlers=handlers, force=True,
-                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
-
-
-def build_data(cfg: RunConfig, rank: int, world: int, device: torch.device):
+def build_data(cfg: RunConfig, session: Session):
     """-> (loader, encoders) where encoders = (vae, text_encoder) in raw mode, None with a cache."""
     if cfg.data.cache:
         source = LatentCache(cfg.data.cache, patch=cfg.model.patch, causal=cfg.model.causal_tubelet)
@@ -176,13 +106,13 @@ def build_data(cfg: RunConfig, rank: int, world: int, device: torch.device):
         from vae3d.io import load_vae
         from videodit.text_encoder import TextEncoder
 
-        vae = load_vae(cfg.data.vae, device=device).eval().requires_grad_(False)
-        text_encoder = TextEncoder(cfg.data.text_encoder, device=device)
+        vae = load_vae(cfg.data.vae, device=session.device).eval().requires_grad_(False)
+        text_encoder = TextEncoder(cfg.data.text_encoder, device=session.device)
         if vae.latent_channels != cfg.model.in_channels or text_encoder.dim != cfg.model.text_dim:
             raise ValueError(
-                f"model.in_channels={cfg.model.in_channels} / model.text_dim={cfg.model.text_dim} "
-                f"do not match "
-                f"the VAE's {vae.latent_channels} latent channels / the text encoder's dim {text_encoder.dim}"
+                f"model.in_channels={cfg.model.in_channels} / model.text_dim={cfg.model.text_dim} do not "
+                f"match the VAE's {vae.latent_channels} latent channels / the text encoder's dim "
+                f"{text_encoder.dim}"
             )
         d = cfg.data
         sampling = SamplingConfig(temporal_stride=vae.temporal_stride, spatial_stride=vae.spatial_stride,
@@ -193,8 +123,8 @@ def build_data(cfg: RunConfig, rank: int, world: int, device: torch.device):
         encoders = (vae, text_encoder)
     else:
         raise ValueError("set data.manifest (raw videos) or data.cache (latent cache folder)")
-    loader = PackedLoader(source, cfg.data.row_tokens, seed=cfg.train.seed, rank=rank, world_size=world,
-                          window=cfg.data.window, keep_tokens=cfg.data.keep_tokens)
+    loader = PackedLoader(source, cfg.data.row_tokens, seed=cfg.train.seed, rank=session.rank,
+                          world_size=session.world, window=cfg.data.window, keep_tokens=cfg.data.keep_tokens)
     return loader, encoders
 
 
@@ -208,72 +138,20 @@ def build_pixel_decoder(cfg: RunConfig, device):
     pixel refiner (`decode_coarse`), for flow_loss's pixel term; else None."""
     if cfg.flow.pixel_weight <= 0:
         return None
-    return run_vae(cfg, device).decode_coarse
-
-
-def run_vae(cfg: RunConfig, device):
-    """A frozen copy of the run's VAE: the cache's, else data.vae."""
     from vae3d.io import load_vae
 
     index = cache_index(cfg)
-    return load_vae(index["vae"] if index else cfg.data.vae, device=device).eval().requires_grad_(False)
+    vae = load_vae(index["vae"] if index else cfg.data.vae, device=device).eval().requires_grad_(False)
+    return vae.decode_coarse
 
 
-def probe_latents(source, encoders, device, count: int) -> list[torch.Tensor]:
-    """Clean latents (C, T, H, W) float32 of up to `count` training clips evenly spaced through the data (the
-    same on every rank and at every resume), for statistics taken at start. Unreadable clips are skipped
-    (and counted by the dataset); the reads are not counted as training samples."""
-    n, yielded = len(source), getattr(source, "stats", {}).get("yielded")
-    latents = []
-    for j in sorted({int(i * n / min(n, count)) for i in range(min(n, count))}):
-        s = source.load(j)
-        if s is None:
-            continue
-        z = s["latent"] if encoders is None else encoders[0].encode(s["video"][None].to(device))[0]
-        latents.append(z.float().cpu())
-    if yielded is not None:
-        source.stats["yielded"] = yielded
-    return latents
-
-
-@torch.no_grad()
-def build_loss_map(cfg: RunConfig, source, encoders, device, max_samples: int = 256) -> torch.Tensor | None:
-    """`flow.loss_whiten` > 0: the token-space loss map from up to `max_samples` training clips, evenly
-    spaced through the data (the same on every rank and at every resume) -> (D_in, D_in);
-    `flow.loss_decoder_power` > 0: the diagonal map from the decoder's per-channel sensitivity, measured
-    on 8 of those clips; else None."""
-    if cfg.flow.loss_decoder_power > 0:
-        return build_channel_map(cfg, source, encoders, device)
-    if cfg.flow.loss_whiten <= 0:
-        return None
-    from videodit.patchify import spacetime_patchify
-
-    latents = probe_latents(source, encoders, device, max_samples)
-    if not latents:
-        raise ValueError("flow.loss_whiten: no readable training clip to measure token statistics on")
-    tokens = [spacetime_patchify(z, tuple(cfg.model.patch))[0] for z in latents]
-    tokens = torch.cat(tokens)
-    loss_map = token_loss_map(tokens, cfg.flow.loss_whiten, cfg.flow.whiten_floor)
-    w = loss_map.norm(dim=0)  # per-direction weight, ascending variance
-    log.info("token loss map from %d clips (%d tokens): direction weights %.3g (highest variance) .. %.3g",
-             len(latents), tokens.shape[0], w[-1].item(), w[0].item())
-    return loss_map.to(device)
-
-
-@torch.no_grad()
-def build_channel_map(cfg: RunConfig, source, encoders, device, num_clips: int = 8) -> torch.Tensor:
-    """The `flow.loss_decoder_power` map: sensitivities of the run's VAE decoder (the cache's VAE, else
-    data.vae; `decode_coarse`) per latent channel, on `num_clips` clips evenly spaced through the data."""
-    latents = [z.to(device) for z in probe_latents(source, encoders, device, num_clips)]
-    if not latents:
-        raise ValueError("flow.loss_decoder_power: no readable training clip to measure the decoder on")
-    gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    sens = decoder_sensitivity(run_vae(cfg, device).float().decode_coarse, latents, generator=gen)
-    loss_map = channel_loss_map(sens, cfg.flow.loss_decoder_power, tuple(cfg.model.patch))
-    weights = loss_map.diagonal()[:: loss_map.shape[0] // len(sens)].pow(2)  # one entry per channel
-    log.info("channel loss map from %d clips: decoder sensitivity %s, weights %s", len(latents),
-             [round(v, 4) for v in sens.tolist()], [round(v, 3) for v in weights.tolist()])
-    return loss_map.to(device)
+def drop_rate(cfg: RunConfig):
+    """NaViT token drop rate for the flow loss: data.token_drop, raised for samples above data.keep_tokens
+    so they keep exactly that many tokens."""
+    rate, keep = cfg.data.token_drop, cfg.data.keep_tokens
+    if not keep:
+        return rate
+    return lambda n: max(rate, 1.0 - keep / n)
 
 
 @torch.no_grad()
@@ -287,30 +165,46 @@ def row_to_latents(row: list[dict], encoders, device) -> tuple[list[torch.Tensor
     return latents, [t.float() for t in texts]
 
 
-def drop_rate(cfg: RunConfig):
-    """NaViT token drop rate for the flow loss: train.token_drop, raised for samples above data.keep_tokens
-    so they keep exactly that many tokens."""
-    rate, keep = cfg.train.token_drop, cfg.data.keep_tokens
-    if not keep:
-        return rate
-    return lambda n: max(rate, 1.0 - keep / n)
+# ------------------------------------------------------------------ model
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Multiplier of cfg.lr at optimizer step `step` (0-based): linear warm-up, constant, then (if
-    decay_start >= 0) a cosine from 1 at decay_start to min_lr_ratio at max_steps."""
-    factor = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-    if 0 <= cfg.decay_start <= step:
-        progress = min(1.0, (step - cfg.decay_start) / max(1, cfg.max_steps - cfg.decay_start))
-        factor *= cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return factor
+PATCH_TIED = ("x_embedder.", "final_layer.linear.")  # shapes follow the patch size
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
-    """AdamW + the `lr_factor` schedule."""
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    return opt, sched
+def init_weights(model: VideoDiT, folder: str) -> None:
+    """Copy a `save_dit` folder's weights into `model` (same shapes); zero the head if `prediction` differs.
+    A source with another patch size gives the transformer body (blocks, timestep and text embedders, adaLN
+    of the head); the patch embedding and output projection, whose shapes follow the patch, keep their fresh
+    init (output zero)."""
+    source, _ = load_dit(folder)
+    repatch = tuple(source.config.patch) != tuple(model.config.patch)
+    keep_fresh = set()
+    if repatch:
+        if source.config.in_channels != model.config.in_channels:
+            raise ValueError(f"train.init_from {folder!r}: in_channels {source.config.in_channels} != "
+                             f"{model.config.in_channels}; only the patch size may change")
+        keep_fresh = {k for k in model.state_dict() if k.startswith(PATCH_TIED)}
+    load_matching(model, source.state_dict(), keep_fresh, folder)
+    if source.config.prediction != model.config.prediction:
+        torch.nn.init.zeros_(model.final_layer.linear.weight)
+        torch.nn.init.zeros_(model.final_layer.linear.bias)
+    log.info("initialised from %s (prediction %s -> %s, patch %s -> %s%s)", folder, source.config.prediction,
+             model.config.prediction, tuple(source.config.patch), tuple(model.config.patch),
+             "; patch embedding and output projection fresh" if repatch else "")
+
+
+def dit_meta(cfg: RunConfig) -> dict:
+    """What a checkpoint records besides its weights: VAE, text encoder, flow settings, trained extent."""
+    vae, te = cfg.data.vae, cfg.data.text_encoder
+    meta = {"flow": to_dict(cfg.flow), "random_init": False,
+            "tasks": sorted(k for k, w in cfg.data.tasks.items() if w > 0)}
+    index = cache_index(cfg)
+    if index:
+        vae, te = index["vae"], index["text_encoder"]
+        shapes = [s["latent_shape"] for s in index["samples"]]
+        if shapes:  # the largest latent (T, h, w) trained on, per axis: generate.py notes requests beyond it
+            meta["trained_latent_max"] = [max(s[k] for s in shapes) for k in (1, 2, 3)]
+    return {"vae": vae, "text_encoder": te, **meta}
 
 
 class _EngineModel:
@@ -324,260 +218,101 @@ class _EngineModel:
         return self.engine(packed, timesteps, token_timesteps)
 
 
-def step_generator(seed: int, rank: int, step: int, micro: int) -> torch.Generator:
-    """Noise/timestep RNG of one micro-step: a function of its position only, so resume is exact."""
-    return torch.Generator().manual_seed(hash((seed, rank, step, micro)) & 0x7FFF_FFFF_FFFF)
+# ------------------------------------------------------------------ the task
 
 
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+class DiTTask:
+    """Rectified-flow loss on the loader's packed rows (`videodit.trainer.Task`)."""
+
+    def __init__(self, cfg: RunConfig, loader: PackedLoader, encoders, session: Session):
+        self.cfg, self.loader, self.encoders, self.session = cfg, loader, encoders, session
+        self.pixel_decoder = build_pixel_decoder(cfg, session.device)
+        self.meta = dit_meta(cfg)
+        self.rows = None  # iterator, made at the first step (after a resume restored the loader)
+        self.positions = 0  # latent positions trained on since the last log record
+
+    def init_from(self, model, folder: str) -> None:
+        init_weights(model, folder)
+
+    def loss(self, model, step: int, generator: torch.Generator):
+        if self.rows is None:
+            self.rows = iter(self.loader)
+        latents, texts = row_to_latents(next(self.rows), self.encoders, self.session.device)
+        self.positions += sum(z[0].numel() for z in latents)
+        cond = None
+        if {k for k, w in self.cfg.data.tasks.items() if w > 0} != {"t2v"}:
+            rng = random.Random(int(torch.randint(2**62, (1,), generator=generator)))
+            _, cond = sample_tasks(self.cfg.data.tasks, [z.shape[1] for z in latents],
+                                   tuple(self.cfg.model.patch), self.cfg.model.causal_tubelet, rng)
+        loss, _ = flow_loss(_EngineModel(model), latents, texts, self.cfg.flow, generator,
+                            drop_rate(self.cfg), self.pixel_decoder, cond_frames=cond)
+        return loss, {}
+
+    def after_step(self, step: int, weights) -> None:
+        every = self.cfg.preview.every
+        if every and step % every == 0:
+            state = weights()
+            if self.session.rank == 0:
+                write_preview(state, self.cfg, self.encoders, step, self.session.device)
+
+    def log_fields(self, seconds: float) -> dict:
+        skipped = sum_over_ranks(self.loader.source.stats.get("skipped", 0), self.session.device)
+        fields = {"skipped_data": skipped, "latent_positions_per_s": self.positions / max(seconds, 1e-9)}
+        self.positions = 0
+        return fields
+
+    def state_dict(self) -> dict:
+        return {"loader": self.loader.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state["loader"])
+
+    def export(self, weights: dict, folder: Path) -> None:
+        model = VideoDiT(self.cfg.model)
+        model.load_state_dict(weights)
+        save_dit(model, folder, self.meta)
 
 
-def set_rng_state(state: dict) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
-
-
-PATCH_TIED = ("x_embedder.", "final_layer.linear.", "token_skip.")  # shapes follow the patch size
-
-
-def remap_blocks(state: dict, block_map: tuple[int, ...], source_depth: int, depth: int) -> dict:
-    """Rename `blocks.i.*` to `blocks.{block_map[i]}.*` (a source of `source_depth` blocks into `depth`)."""
-    if len(block_map) != source_depth:
-        raise ValueError(f"train.init_block_map has {len(block_map)} entries for a source of {source_depth} "
-                         f"blocks")
-    if block_map[-1] >= depth:
-        raise ValueError(f"train.init_block_map names block {block_map[-1]}; the model has blocks "
-                         f"0..{depth - 1}")
-    out = {}
-    for key, value in state.items():
-        if key.startswith("blocks."):
-            _, index, rest = key.split(".", 2)
-            key = f"blocks.{block_map[int(index)]}.{rest}"
-        out[key] = value
-    return out
-
-
-def init_weights(model: VideoDiT, folder: str, block_map: tuple[int, ...] = ()) -> None:
-    """Copy a `save_dit` folder's weights into `model` (same shapes); zero the head if `prediction` differs.
-    A `token_skip` the source lacks is added (zero: the model starts as the source). A source with another
-    patch size gives the transformer body (blocks, timestep and text embedders, adaLN of the head); the patch
-    embedding and output projection, whose shapes follow the patch, keep their fresh init (output zero).
-    `block_map` (train.init_block_map) places a shallower source's blocks into a deeper model; the other
-    blocks stay at their identity init."""
-    from videodit.checkpoint import load_dit
-
-    source, _ = load_dit(folder)
-    src_state, dst_state = source.state_dict(), model.state_dict()
-    new = [k for k in dst_state if k.startswith("token_skip.") and k not in src_state]  # added, kept at init
-    if block_map:
-        src_state = remap_blocks(src_state, tuple(block_map), source.config.depth, model.config.depth)
-        grown = {f"blocks.{i}." for i in range(model.config.depth)} - {f"blocks.{i}." for i in block_map}
-        new += [k for k in dst_state if k.startswith(tuple(grown))]  # identity blocks, kept at init
-    repatch = tuple(source.config.patch) != tuple(model.config.patch)
-    if repatch:
-        if source.config.in_channels != model.config.in_channels:
-            raise ValueError(f"train.init_from {folder!r}: in_channels {source.config.in_channels} != "
-                             f"{model.config.in_channels}; only the patch size may change")
-        new += [k for k in dst_state if k.startswith(PATCH_TIED) and k not in new]
-    bad = [k for k in dst_state
-           if k not in new and (k not in src_state or src_state[k].shape != dst_state[k].shape)]
-    bad += [k for k in src_state if k not in dst_state]  # e.g. a token_skip the model would silently lose
-    if bad:
-        raise ValueError(f"train.init_from {folder!r} does not fit model: mismatched, missing or extra "
-                         f"{bad[:5]}{' ...' if len(bad) > 5 else ''}")
-    model.load_state_dict({k: v.float() for k, v in src_state.items() if k not in new}, strict=False)
-    if source.config.prediction != model.config.prediction:
-        torch.nn.init.zeros_(model.final_layer.linear.weight)
-        torch.nn.init.zeros_(model.final_layer.linear.bias)
-    log.info("initialised from %s (prediction %s -> %s, patch %s -> %s%s)", folder, source.config.prediction,
-             model.config.prediction, tuple(source.config.patch), tuple(model.config.patch),
-             "; patch embedding and output projection fresh" if repatch else "")
-
-
-def dit_meta(cfg: RunConfig) -> dict:
-    vae, te = cfg.data.vae, cfg.data.text_encoder
-    meta = {"flow": to_dict(cfg.flow), "random_init": False,
-            "tasks": sorted(k for k, w in cfg.data.tasks.items() if w > 0)}
-    index = cache_index(cfg)
-    if index:
-        vae, te = index["vae"], index["text_encoder"]
-        shapes = [s["latent_shape"] for s in index["samples"]]
-        if shapes:  # the largest latent (T, h, w) trained on, per axis: generate.py notes requests beyond it
-            meta["trained_latent_max"] = [max(s[k] for s in shapes) for k in (1, 2, 3)]
-    return {"vae": vae, "text_encoder": te, **meta}
-
-
-def save_checkpoint(engine, ema: EMA, loader: PackedLoader, cfg: RunConfig, step: int, rank: int) -> Path:
-    """DeepSpeed state + per-rank extras + EMA, then (rank 0) atomically point `latest` at it."""
-    root = Path(cfg.train.output_dir) / "checkpoints"
-    tag = f"step{step:08d}"
-    engine.save_checkpoint(str(root), tag=tag, client_state={"step": step}, save_latest=False)
-    torch.save({"loader": loader.state_dict(), "rng": rng_state()}, root / tag / f"extra_rank{rank:05d}.pt")
-    if rank == 0:  # the EMA shadow is whole (and identical) on every rank
-        torch.save(ema.state_dict(), root / tag / "ema_state.pt")
-        export = VideoDiT(cfg.model)
-        ema.copy_to(export)
-        save_dit(export, root / tag / "ema", dit_meta(cfg))
-    barrier()
-    if rank == 0:
-        tmp = root / f".latest.tmp-{os.getpid()}"
-        tmp.write_text(tag)
-        os.replace(tmp, root / "latest")  # the commit point
-        save_dit(export, Path(cfg.train.output_dir) / "ema", dit_meta(cfg))
-        tags = sorted(p.name for p in root.glob("step*") if p.is_dir())
-        for old in tags[: -cfg.train.keep_checkpoints]:
-            if old != tag:
-                shutil.rmtree(root / old, ignore_errors=True)
-        log.info("saved checkpoint %s", root / tag)
-    barrier()
-    return root / tag
-
-
-def maybe_resume(engine, ema: EMA, loader: PackedLoader, cfg: RunConfig, rank: int) -> int:
-    """Restore everything from checkpoints/latest if present -> the step to continue from."""
-    root = Path(cfg.train.output_dir) / "checkpoints"
-    if not (cfg.train.resume and (root / "latest").is_file()):
-        return 0
-    tag = (root / "latest").read_text().strip()
-    _, client = engine.load_checkpoint(str(root), tag=tag)
-    extra = torch.load(root / tag / f"extra_rank{rank:05d}.pt", weights_only=False)
-    loader.load_state_dict(extra["loader"])
-    set_rng_state(extra["rng"])
-    ema.load_state_dict(torch.load(root / tag / "ema_state.pt", weights_only=True))
-    step = int(client["step"])
-    log.info("resumed from %s at step %d (model, optimizer, EMA, data position, RNG restored)",
-             root / tag, step)
-    return step
-
-
-def write_samples(ema: EMA, cfg: RunConfig, encoders, step: int, device) -> None:
-    """Sample videos from the EMA weights (raw-data mode only: needs the VAE and text encoder)."""
+@torch.no_grad()
+def write_preview(weights: dict, cfg: RunConfig, encoders, step: int, device) -> None:
+    """Sample `cfg.preview.prompts` with `weights` into <output_dir>/samples/step<N>_<i>.mp4."""
     if encoders is None:
-        log.info("sample videos need data.manifest mode (VAE + text encoder); skipped")
+        log.info("preview videos need data.manifest mode (VAE + text encoder); skipped")
         return
-    from videodit.mp4 import Mp4Writer
+    from videodit.pipeline import decode_to_mp4
     from videodit.sampling import Request, sample
+    from videodit.video_request import VideoRequest, latent_shape
 
     vae, text_encoder = encoders
     model = VideoDiT(cfg.model).to(device).eval()
-    ema.copy_to(model)
-    F, H, W = cfg.train.sample_size
-    size = (vae.num_latent_frames(F), H // vae.spatial_stride, W // vae.spatial_stride)
-    texts, _ = text_encoder.encode(list(cfg.train.sample_prompts))
+    model.load_state_dict(weights)
+    frames, height, width = cfg.preview.size
+    size = latent_shape(frames, height, width, vae.temporal_stride, vae.spatial_stride)
+    texts, _ = text_encoder.encode(list(cfg.preview.prompts))
     reqs = [Request(size=size, text=t.float(), seed=i) for i, t in enumerate(texts)]
-    latents = sample(model, reqs, steps=20, flow_cfg=cfg.flow, device=device, progress=False)
+    latents = sample(model, reqs, steps=cfg.preview.steps, flow_cfg=cfg.flow, device=device, progress=False)
     folder = Path(cfg.train.output_dir) / "samples"
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, z in enumerate(latents):
-        video = vae.decode(z[None], num_frames=F)[0]  # (3, F, H, W)
-        frames = ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).cpu()  # (F, H, W, 3)
-        with Mp4Writer(folder / f"step{step:08d}_{i}.mp4", fps=8, height=H, width=W) as w:
-            w.write(frames)
+    for i, (prompt, z) in enumerate(zip(cfg.preview.prompts, latents)):
+        request = VideoRequest(prompt, frames, height, width, i, "", folder / f"step{step:08d}_{i}.mp4")
+        decode_to_mp4(z, request, vae, fps=8.0)
 
 
 # ------------------------------------------------------------------ main
 
 
-def main(argv=None) -> None:
-    import deepspeed
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
-    args = parse_args(argv)
+def main(argv=None) -> list[dict]:
+    """Train; returns the logged records (also in <output_dir>/metrics.jsonl)."""
+    args = parse_args(__doc__, argv)
     cfg = load_config(RunConfig, args.config, args.set)
-    rank, local_rank, world = init_distributed(cfg.deepspeed.cpu_shm_comm)
-    out = Path(cfg.train.output_dir)
-    setup_logging(out, rank)
-    device = device_for(local_rank)
-    random.seed(cfg.train.seed + rank)
-    np.random.seed(cfg.train.seed + rank)
-    torch.manual_seed(cfg.train.seed)  # identical init on every rank
-
-    loader, encoders = build_data(cfg, rank, world, device)
-    loss_map = build_loss_map(cfg, loader.source, encoders, device)
-    pixel_decoder = build_pixel_decoder(cfg, device)
+    session = start(cfg.train, cfg.deepspeed)
+    loader, encoders = build_data(cfg, session)
     model = VideoDiT(cfg.model)
-    if cfg.train.init_from:
-        init_weights(model, cfg.train.init_from, tuple(cfg.train.init_block_map))
-    ema = EMA(model, cfg.train.ema_decay)
-    num_params = sum(p.numel() for p in model.parameters())
-    optimizer, scheduler = build_optimizer(model, cfg.train)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(cfg.deepspeed, world))
-    step = maybe_resume(engine, ema, loader, cfg, rank)
-    if rank == 0:
-        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-        log.info("world size %d, ZeRO stage %d, %s, %.2fM parameters", world, cfg.deepspeed.zero_stage,
-                 cfg.deepspeed.precision, num_params / 1e6)
-    writer = SummaryWriter(str(out / "tb")) if rank == 0 else None
-    metrics = open(out / "metrics.jsonl", "a") if rank == 0 else None
-    bar = tqdm(total=cfg.train.max_steps, initial=step, disable=rank != 0, desc="train")
-    rows, nan_skips, t0 = iter(loader), 0, time.time()
-    while step < cfg.train.max_steps:
-        losses, tokens, attempt = [], 0, 0
-        while len(losses) < cfg.deepspeed.grad_accum:  # one optimizer step = grad_accum rows per rank
-            row = next(rows)
-            latents, texts = row_to_latents(row, encoders, device)
-            cond = None
-            if set(k for k, w in cfg.data.tasks.items() if w > 0) != {"t2v"}:
-                task_rng = random.Random(f"videodit-tasks-{cfg.train.seed}-{rank}-{step}-{attempt}")
-                _, cond = sample_tasks(cfg.data.tasks, [z.shape[1] for z in latents], tuple(cfg.model.patch),
-                                       cfg.model.causal_tubelet, task_rng)
-            gen = step_generator(cfg.train.seed, rank, step, attempt)
-            attempt += 1
-            loss, _ = flow_loss(_EngineModel(engine), latents, texts, cfg.flow, gen, drop_rate(cfg),
-                                loss_map, pixel_decoder, cond_frames=cond)
-            if any_rank(not bool(torch.isfinite(loss)), device):  # all ranks skip together
-                nan_skips += 1
-                log.warning("non-finite loss at step %d (rank-local %s): row skipped, no update",
-                            step, loss.item())
-                continue
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
-            tokens += sum(s.numel() // s.shape[0] for s in latents)
-        step += 1
-        with gathered(engine.module, cfg.deepspeed.zero_stage):
-            ema.update(engine.module)
-        loss_avg = mean_over_ranks(sum(losses) / len(losses), device)
-        bar.update(1)
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-            skipped = sum_over_ranks(loader.source.stats.get("skipped", 0), device)
-            rec = {"step": step, "loss": loss_avg, "lr": scheduler_lr(engine), "skipped_data": skipped,
-                   "nan_skips": nan_skips, "latent_positions_per_s": tokens / max(1e-9, time.time() - t0)}
-            t0 = time.time()
-            if rank == 0:
-                bar.set_postfix(loss=f"{loss_avg:.4f}")
-                log.info("step %d loss %.6f lr %.2e bad-data skipped %d nan-skipped %d", step, loss_avg,
-                         rec["lr"], skipped, nan_skips)
-                metrics.write(json.dumps(rec) + "\n")
-                metrics.flush()
-                for k, v in rec.items():
-                    if k != "step":
-                        writer.add_scalar(f"train/{k}", v, step)
-        if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps:
-            save_checkpoint(engine, ema, loader, cfg, step, rank)
-        if cfg.train.sample_every and step % cfg.train.sample_every == 0 and rank == 0:
-            write_samples(ema, cfg, encoders, step, device)
-    bar.close()
-    stats = all_gather_object(dict(loader.source.stats))
-    if rank == 0:
-        writer.close()
-        metrics.close()
-        log.info("done at step %d; bad data skipped %d, non-finite losses skipped %d; EMA weights in %s",
-                 step, sum(s.get("skipped", 0) for s in stats), nan_skips, out / "ema")
-
-
-def scheduler_lr(engine) -> float:
-    groups = getattr(engine.optimizer, "param_groups", None)
-    return float(groups[0]["lr"]) if groups else math.nan
+    result = train(DiTTask(cfg, loader, encoders, session), model, cfg.train, cfg.deepspeed, session,
+                   to_dict(cfg), export_name="ema")
+    skipped = all_gather_object(loader.source.stats.get("skipped", 0))
+    log.info("bad data skipped %d; EMA weights in %s", sum(skipped), session.out / "ema")
+    return result.records
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from data.decode import decode_frames, probe_video
 from data.precache import INDEX, LatentCache, shard_name
+from videodit.video_reader import decode_frames, probe_video
 
 
 def write_clips(folder: Path, n: int, frames: int, height: int, width: int) -> list[Path]:

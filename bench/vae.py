@@ -26,7 +26,7 @@ import torch
 
 from vae3d import CausalVAE3D, VAEConfig
 
-OURS = VAEConfig()  # the default (shipped) architecture: widths 32/64/128, 1 res block per level
+OURS = VAEConfig()  # the VAEConfig defaults (conv pyramid): widths 32/64/128, 1 res block per level
 
 
 def wan_like():

@@ -2,12 +2,13 @@
 
     python -m bench.video_to_video [--num 48] [--strengths 0.4 0.6 0.8 1.0] [--ckpt default]
 
-For each of the first `num` evaluation prompts (`data.synthetic.load_eval_prompts`, the README's set),
+For each of the first `num` evaluation prompts (`data.synthetic.load_eval_prompts`, the benchmarks' set),
 renders its ground truth (seed 1000 + i, 17 frames of 128x128, written as mp4) and asks, starting from
 that clip, for the same shape, motion and background in another colour (the next one in
 `videodit.world.COLOURS`, a fresh caption from `make_caption`). Every strength runs through
-`generate.main` with a prompts file, as a user would (all requests packed). Strength 1 ignores the clip:
-plain text-to-video of the same captions, the baseline, in the same run.
+`videodit.pipeline` as `generate.py --prompts-file` does (all requests packed, the init videos read back
+from their mp4s). Strength 1 ignores the clip: plain text-to-video of the same captions, the baseline, in
+the same run.
 
 Scored by `videodit.eval.analyse_clip`: `new_colour` = the asked colour, `kept_shape` / `kept_motion` /
 `kept_background` = the source clip's, `all` = all four. One JSON line per strength.
@@ -16,8 +17,6 @@ Scored by `videodit.eval.analyse_clip`: `new_colour` = the asked colour, `kept_s
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import tempfile
 import time
@@ -25,10 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-import generate
 from data.synthetic import load_eval_prompts, render_eval_clip
+from videodit import pipeline
 from videodit.eval import analyse_clip
 from videodit.mp4 import read_mp4, write_mp4
+from videodit.video_reader import first_frames
+from videodit.video_request import VideoRequest
 from videodit.world import COLOURS, make_caption
 
 
@@ -66,30 +67,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--strengths", type=float, nargs="+", default=[0.4, 0.6, 0.8, 1.0])
     ap.add_argument("--ckpt", default="default")
     ap.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's)")
+    ap.add_argument("--device", default="cpu", help="cpu (the recorded figures), cuda, cuda:N or auto")
     args = ap.parse_args(argv)
     if not all(0 < s <= 1 for s in args.strengths):
         ap.error(f"--strengths must be in (0, 1], got {args.strengths}")
     rows = load_eval_prompts()[: args.num]
+    pipe = pipeline.load_pipeline(args.ckpt, device=args.device)
+    settings = pipeline.sampling_settings(pipe.meta, steps=args.steps)
     records = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         requests = recolour_requests(rows, tmp)
         for s in args.strengths:
-            lines = [{"prompt": r["caption"], "seed": 1000 + i}
-                     | ({"init_video": r["init_video"], "strength": s} if s < 1 else {})
-                     for i, r in enumerate(requests)]
-            prompts = tmp / f"requests-{s}.jsonl"
-            prompts.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
             out = tmp / f"out-{s}"
-            argv = ["--prompts-file", str(prompts), "--out", str(out), "--frames", "17", "--res", "128x128",
-                    "--fps", "8", "--ckpt", args.ckpt]
-            if args.steps:
-                argv += ["--steps", str(args.steps)]
+            videos = [VideoRequest(r["caption"], 17, 128, 128, 1000 + i, "", out / f"{i:04d}.mp4",
+                                   Path(r["init_video"]) if s < 1 else None, s)
+                      for i, r in enumerate(requests)]
             t0 = time.time()
-            with contextlib.redirect_stdout(io.StringIO()):  # its "wrote ..." line per clip
-                rc = generate.main(argv)
-            if rc != 0:
-                raise SystemExit(f"generate.py failed at strength {s}")
+            inits = {i: first_frames(v.init_video, v.frames, str(v.out))
+                     for i, v in enumerate(videos) if v.init_video is not None}
+            pipeline.generate(pipe, videos, settings, fps=8.0, inits=inits, progress=False)
             rec = {"bench": "video_to_video", "ckpt": args.ckpt, "strength": s, "clips": len(requests),
                    **score(requests, out), "seconds": round(time.time() - t0, 1)}
             print(json.dumps(rec), flush=True)

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from data.decode import VideoDecodeError, decode_frames, frame_indices, probe_video
 from data.manifest import ClipEntry, read_manifest
 from data.sampling import ClipPlan, SamplingConfig, plan_clip, token_count
+from videodit.video_reader import VideoDecodeError, decode_frames, frame_indices, probe_video
 
 log = logging.getLogger(__name__)
 

@@ -209,9 +209,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
-# The evaluation set behind the README's figures: the prompts that `python -m data.synthetic --seed 2
-# --prompts 256` writes (runs/world_dit2/prompts.jsonl = eval_prompts(256, seed=2 + 1234)), of which the
-# first 48 held-out and the first 48 others are used.
+# The evaluation set of the benchmarks: the prompts that `python -m data.synthetic --seed 2 --prompts 256`
+# writes (OUT/prompts.jsonl = eval_prompts(256, seed=2 + 1234)), of which the first 48 held-out and the
+# first 48 others are used.
 EVAL_POOL, EVAL_SEED = 256, 1236
 
 
@@ -223,7 +223,7 @@ def select_eval_prompts(rows: list[dict], num: int) -> list[dict]:
 
 
 def load_eval_prompts(path: str | Path | None = None, num: int = 96) -> list[dict]:
-    """`num` evaluation prompts from a prompts JSONL (None: the README's set, regenerated)."""
+    """`num` evaluation prompts from a prompts JSONL (None: the benchmarks' set, regenerated)."""
     if path is None:
         rows = eval_prompts(EVAL_POOL, seed=EVAL_SEED)
     else:

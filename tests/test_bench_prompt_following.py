@@ -6,7 +6,7 @@ import torch
 
 from bench import prompt_following
 from data.synthetic import eval_prompts, load_eval_prompts, select_eval_prompts
-from videodit import sampling
+from videodit import pipeline
 
 
 def test_eval_prompts_are_the_first_held_out_then_the_first_seen(tmp_path):
@@ -34,7 +34,7 @@ def test_runs_on_a_tiny_checkpoint_and_reuses_kept_latents(tiny_dit_ckpt, tmp_pa
     def no_sampling(*args, **kwargs):
         raise AssertionError("kept latents must be reused, not sampled again")
 
-    monkeypatch.setattr(sampling, "sample", no_sampling)
+    monkeypatch.setattr(pipeline, "sample", no_sampling)
     second = prompt_following.main(argv)
     assert kept.stat().st_mtime_ns == stamp
     # Scores are not compared exactly: CI once saw them differ on identical kept latents (this random tiny
@@ -42,9 +42,13 @@ def test_runs_on_a_tiny_checkpoint_and_reuses_kept_latents(tiny_dit_ckpt, tmp_pa
     assert [(x["seeds"], x["clips"] if "clips" in x else None) for x in second] == \
         [(x["seeds"], x["clips"] if "clips" in x else None) for x in first]
     assert first[-1]["clips"] == 4 and first[-1]["steps"] == 2 and first[-1]["cfg"] == 2.0
+    assert [(x["seeds"], x["source"]) for x in first] == [(7, "generated"), ("all", "vae_ceiling"),
+                                                           ("all", "generated")]
+    assert first[-2]["clips"] == 4 and set(first[-2]["shapes"]) <= {"circle", "square", "triangle"}
     manifest = [json.loads(line) for line in (tmp_path / "clips" / "manifest.jsonl").read_text().splitlines()]
     assert [m["path"] for m in manifest] == [f"7-{i:04d}.mp4" for i in range(4)]
     assert all((tmp_path / "clips" / m["path"]).is_file() for m in manifest)
+    assert all((tmp_path / "clips" / f"vae-7-{i:04d}.mp4").is_file() for i in range(4))
 
 
 def test_a_prompt_file_without_held_out_rows(tiny_dit_ckpt, tmp_path):
@@ -58,3 +62,14 @@ def test_a_prompt_file_without_held_out_rows(tiny_dit_ckpt, tmp_path):
     assert lines[-1]["clips"] == 3
     assert lines[-1]["heldout_all"] is None and lines[-1]["heldout_shape"] is None
     assert lines[-1]["all_colour"] is not None
+
+
+def test_the_ceiling_encodes_the_ground_truth_with_the_vae(tiny_dit_ckpt):
+    from data.synthetic import render_eval_clip
+    from vae3d.io import load_vae
+
+    vae = load_vae(json.loads((tiny_dit_ckpt / "config.json").read_text())["meta"]["vae"])
+    truth = render_eval_clip(load_eval_prompts()[0], 1000, (16, 24), 5)  # (5, 16, 24, 3) uint8
+    z = prompt_following.vae_latent(truth, vae, (2, 2, 3))
+    expected = vae.encode(torch.from_numpy(truth).permute(3, 0, 1, 2)[None].float() / 127.5 - 1)[0]
+    torch.testing.assert_close(z, expected, atol=1e-5, rtol=1e-5)

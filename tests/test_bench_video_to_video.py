@@ -1,4 +1,4 @@
-"""bench.video_to_video: recolouring requests, their scoring, and a run through generate.main."""
+"""bench.video_to_video: recolouring requests, their scoring, and a run through videodit.pipeline."""
 
 import shutil
 
@@ -26,7 +26,7 @@ def test_recolour_requests_and_scoring(tmp_path):
     assert video_to_video.score(reqs, out)["all"] == 100.0
 
 
-def test_runs_through_generate_on_a_tiny_checkpoint(tiny_dit_ckpt, capsys):
+def test_runs_through_the_pipeline_on_a_tiny_checkpoint(tiny_dit_ckpt, capsys):
     ckpt = tiny_dit_ckpt
     argv = ["--num", "2", "--strengths", "0.5", "1.0", "--steps", "2", "--ckpt", str(ckpt)]
     records = video_to_video.main(argv)

@@ -9,9 +9,9 @@ import pytest
 from test_data_fixtures import clip_frames, make_dataset, write_clip
 
 from data.dataset import VideoDataset
-from data.decode import VideoDecodeError, decode_frames, decode_video, probe_video
 from data.manifest import read_manifest
 from data.sampling import SamplingConfig, choose_resolution, plan_clip, token_count
+from videodit.video_reader import VideoDecodeError, decode_frames, decode_video, probe_video
 
 # ------------------------------------------------------------------ manifests
 

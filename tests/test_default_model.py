@@ -1,7 +1,9 @@
 """The embedded default: export round trip, and the shipped weights load and generate."""
 
 import json
+from pathlib import Path
 
+import pytest
 import torch
 
 import generate
@@ -52,3 +54,21 @@ def test_shipped_default_loads_and_generates(tmp_path, capsys):
     frames = read_mp4(out)
     assert frames.shape == (9, 64, 96, 3)
     assert "RANDOM" not in capsys.readouterr().out
+
+
+def test_shipped_default_samples_the_recorded_latent(tmp_path):
+    """The embedded default, asked for a fixed request (its recorded CFG and sampler, 4 steps), samples the
+    latent recorded for it: sum, absolute sum and every 4th row and column of each latent frame."""
+    from videodit.pipeline import load_pipeline, sample_latents, sampling_settings
+    from videodit.video_request import VideoRequest
+
+    ref = json.loads((Path(__file__).parent / "default_latent_reference.json").read_text())
+    r = ref["request"]
+    pipe = load_pipeline("default", device="cpu")
+    request = VideoRequest(r["prompt"], r["frames"], *r["res"], r["seed"], "", tmp_path / "x.mp4")
+    z = sample_latents(pipe, [request], sampling_settings(pipe.meta, steps=r["steps"]), progress=False)[0]
+    assert list(z.shape) == ref["shape"]
+    got = z[:, :, ::4, ::4].flatten()
+    torch.testing.assert_close(got, torch.tensor(ref["slice"]), atol=1e-3, rtol=0)
+    assert z.double().sum().item() == pytest.approx(ref["sum"], rel=1e-4)
+    assert z.double().abs().sum().item() == pytest.approx(ref["abs_sum"], rel=1e-4)

@@ -1,4 +1,5 @@
-"""generate.py: pure helpers, input validation (one line, no traceback), end to end on a tiny checkpoint."""
+"""generate.py and videodit.pipeline: input validation (one line, no traceback), sampling settings, init
+videos, end to end on a tiny checkpoint."""
 
 import json
 import subprocess
@@ -10,65 +11,17 @@ import pytest
 import torch
 
 import generate
+import videodit.pipeline as pipeline
 from vae3d.config import VAEConfig
 from vae3d.io import load_vae, save_vae
 from vae3d.model import CausalVAE3D
 from videodit.checkpoint import save_dit
 from videodit.model import DiTConfig, VideoDiT
 from videodit.mp4 import read_mp4, write_mp4
+from videodit.video_reader import first_frames
+from videodit.video_request import VideoRequest
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-# ---- pure helpers ------------------------------------------------------------------------------------
-def test_parse_resolution():
-    assert generate.parse_resolution("720x1280") == (720, 1280)
-    assert generate.parse_resolution("200X360") == (200, 360)
-    for bad in ("abc", "0x128", "128x0", "12x", "-5x10", "1.5x2", "99999x10"):
-        with pytest.raises(ValueError, match="resolution"):
-            generate.parse_resolution(bad)
-
-
-def test_latent_shape_covers_request():
-    assert generate.latent_shape(1, 200, 360, 4, 8) == (1, 25, 45)
-    assert generate.latent_shape(64, 720, 1280, 4, 8) == (17, 90, 160)
-    assert generate.latent_shape(2, 201, 359, 4, 8) == (2, 26, 45)
-    assert generate.latent_shape(5, 16, 16, 4, 16) == (2, 1, 1)
-    with pytest.raises(ValueError):
-        generate.latent_shape(0, 16, 16, 4, 8)
-
-
-def test_crop_box_is_centred():
-    rows, cols = generate.crop_box((208, 368), (200, 360))
-    assert (rows.start, rows.stop, cols.start, cols.stop) == (4, 204, 4, 364)
-
-
-def test_parse_prompts_file():
-    text = '{"prompt": "a dog"}\n\n'
-    text += '{"prompt": "a cat", "frames": 9, "res": "33x47", "seed": 4, "negative_prompt": "x"}\n'
-    items = generate.parse_prompts_file(text, "p.jsonl")
-    assert items == [
-        {"prompt": "a dog"},
-        {"prompt": "a cat", "frames": 9, "res": "33x47", "seed": 4, "negative_prompt": "x"},
-    ]
-    bad = {
-        '{"prompt": "ok"}\n{"prompt": "a", "frames": 0}': "p.jsonl:2: frames",
-        '{"prompt": "ok"}\n{"prompt": "a"\n': "p.jsonl:2: not valid JSON",
-        '{"prompt": "ok"}\n\n["a"]': "p.jsonl:3: expected a JSON object",
-        '{"prompt": ""}': "p.jsonl:1: 'prompt'",
-        '{"prompt": "a", "res": "abc"}': "p.jsonl:1: resolution 'abc'",
-        '{"prompt": "a", "steps": 3}': "p.jsonl:1: unknown key",
-        '{"prompt": "a", "seed": -2}': "p.jsonl:1: seed",
-        '{"prompt": "a", "frames": true}': "p.jsonl:1: frames",
-        '{"prompt": "a", "strength": 0}': "p.jsonl:1: strength",
-        '{"prompt": "a", "strength": 1.5}': "p.jsonl:1: strength",
-        '{"prompt": "a", "init_video": "/no/such/clip.mp4"}': "p.jsonl:1: init video '/no/such/clip.mp4'",
-        '{"prompt": "a", "init_video": 3}': "p.jsonl:1: init video must be a file path",
-        "\n\n": "no requests",
-    }
-    for text, message in bad.items():
-        with pytest.raises(ValueError, match=message):
-            generate.parse_prompts_file(text, "p.jsonl")
 
 
 # ---- validation through main() -------------------------------------------------------------------------
@@ -125,7 +78,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, list[str]]:
 
 
 def test_bad_input_one_line_nonzero_in_process(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(generate, "build", lambda args: pytest.fail("a model was loaded for bad input"))
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a: pytest.fail("a model was loaded for bad input"))
     for case, argv in _bad_inputs(tmp_path).items():
         assert generate.main(argv) == 2, case
         out, err = capsys.readouterr()
@@ -141,7 +94,7 @@ def test_bad_input_one_line_nonzero_in_process(tmp_path, capsys, monkeypatch):
 
 def test_bad_init_video_input_names_the_problem(tmp_path, capsys, monkeypatch):
     """Video-to-video input errors say what is wrong, before any model is loaded."""
-    monkeypatch.setattr(generate, "build", lambda args: pytest.fail("a model was loaded for bad input"))
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a: pytest.fail("a model was loaded for bad input"))
     cases = _bad_inputs(tmp_path)
     expected = {
         "strength without init": "--strength needs --init-video",
@@ -173,20 +126,19 @@ def test_bad_input_subprocess_no_traceback(tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1, (case, proc.stderr)
 
 
-def test_sampling_defaults_take_the_checkpoint_interval_unless_the_flag_is_given():
-    args = generate.build_parser().parse_args(["--prompt", "a"])
-    generate.apply_sampling_defaults(args, {"steps": 32, "cfg": 5.0, "cfg_interval": [0.1, 1.0]})
-    assert (args.steps, args.cfg, generate.parse_cfg_interval(args.cfg_interval)) == (32, 5.0, (0.1, 1.0))
-    args = generate.build_parser().parse_args(["--prompt", "a", "--cfg-interval", "0.2,0.9"])
-    generate.apply_sampling_defaults(args, {"cfg_interval": [0.1, 1.0]})
-    assert generate.parse_cfg_interval(args.cfg_interval) == (0.2, 0.9)
-    args = generate.build_parser().parse_args(["--prompt", "a"])
-    generate.apply_sampling_defaults(args, {})
-    assert generate.parse_cfg_interval(args.cfg_interval) == (0.0, 1.0)
-    assert (args.skip_guidance, generate.parse_blocks(args.skip_blocks)) == (0.0, ())
-    args = generate.build_parser().parse_args(["--prompt", "a"])
-    generate.apply_sampling_defaults(args, {"skip_guidance": 1.5, "skip_blocks": [3, 1]})
-    assert (args.skip_guidance, generate.parse_blocks(args.skip_blocks)) == (1.5, (3, 1))
+def test_sampling_settings_take_the_checkpoint_recommendation_unless_given():
+    meta = {"sampling": {"steps": 32, "cfg": 5.0, "cfg_interval": [0.1, 1.0]}}
+    s = pipeline.sampling_settings(meta, steps=None, cfg=None, cfg_interval=None)
+    assert (s.steps, s.cfg, s.cfg_interval, s.sampler) == (32, 5.0, (0.1, 1.0), "euler")
+    assert pipeline.sampling_settings(meta, cfg_interval=(0.2, 0.9), steps=4).cfg_interval == (0.2, 0.9)
+    s = pipeline.sampling_settings({})
+    assert (s.steps, s.cfg, s.cfg_interval, s.skip_guidance, s.skip_blocks) == (30, 5.0, (0.0, 1.0), 0.0, ())
+    s = pipeline.sampling_settings({"sampling": {"skip_guidance": 1.5, "skip_blocks": [3, 1]}})
+    assert (s.skip_guidance, s.skip_blocks) == (1.5, (3, 1))
+    for bad, match in (({"steps": 0}, "steps"), ({"cfg": 0.5}, "cfg"), ({"sampler": "ddim"}, "sampler"),
+                       ({"cfg_interval": (0.8, 0.2)}, "cfg_interval"), ({"skip_guidance": -1.0}, "skip")):
+        with pytest.raises(ValueError, match=match):
+            pipeline.sampling_settings({}, **bad)
 
 
 def test_extent_notes_name_requests_beyond_the_trained_latent():
@@ -194,13 +146,13 @@ def test_extent_notes_name_requests_beyond_the_trained_latent():
         temporal_stride, spatial_stride = 4, 8
 
     def req(frames, h, w):
-        return generate.GenRequest("a red ball", frames, h, w, 0, "", Path(f"{frames}x{h}x{w}.mp4"))
+        return VideoRequest("a red ball", frames, h, w, 0, "", Path(f"{frames}x{h}x{w}.mp4"))
 
     meta = {"trained_latent_max": [7, 20, 20]}
     inside, taller, longer = req(17, 128, 160), req(17, 256, 128), req(64, 128, 128)
-    assert generate.extent_notes([inside], meta, Vae) == []
-    assert generate.extent_notes([inside], {}, Vae) == []  # a checkpoint that does not say: no note
-    notes = generate.extent_notes([inside, taller, longer], meta, Vae)
+    assert pipeline.extent_notes([inside], meta, Vae) == []
+    assert pipeline.extent_notes([inside], {}, Vae) == []  # a checkpoint that does not say: no note
+    notes = pipeline.extent_notes([inside, taller, longer], meta, Vae)
     assert len(notes) == 2
     assert "17x256x128.mp4" in notes[0] and "height 32 > 20" in notes[0] and "width" not in notes[0]
     assert "64x128x128.mp4" in notes[1] and "frames 17 > 7" in notes[1]
@@ -237,13 +189,13 @@ def test_generate_vae_flag_decodes_with_the_named_vae(tiny_ckpt, tmp_path, capsy
     other = save_vae(CausalVAE3D(vae_cfg), tmp_path / "other_vae")
     argv = ["--prompt", "a red ball", "--frames", "5", "--res", "32x32", "--steps", "2",
             "--ckpt", str(tiny_ckpt)]
-    seen, real_decode = {}, generate.decode_to_mp4
+    seen, real_decode = {}, pipeline.decode_to_mp4
 
     def recording_decode(latent, request, vae, fps):
         seen[request.out.stem] = (latent.clone(), {k: v.clone() for k, v in vae.state_dict().items()})
         return real_decode(latent, request, vae, fps)
 
-    monkeypatch.setattr(generate, "decode_to_mp4", recording_decode)
+    monkeypatch.setattr(pipeline, "decode_to_mp4", recording_decode)
     for name, extra in {"own": [], "own_named": ["--vae", str(tiny_ckpt.parent / "vae")],
                         "other": ["--vae", str(other)]}.items():
         assert generate.main([*argv, *extra, "--out", str(tmp_path / f"{name}.mp4")]) == 0
@@ -291,7 +243,7 @@ def test_init_pixels_cover_crop_and_pad():
     to the VAE's whole temporal steps."""
     ramp = np.tile(np.linspace(0, 255, 40).round().astype(np.uint8)[None, :, None], (20, 1, 3))  # (20, 40, 3)
     frames = np.stack([ramp, 255 - ramp])
-    out = generate.init_pixels(frames, (2, 2, 2), 4, 8)  # latent (T 2, h 2, w 2): 5 frames of 16x16
+    out = pipeline.init_pixels(frames, (2, 2, 2), 4, 8)  # latent (T 2, h 2, w 2): 5 frames of 16x16
     assert out.shape == (3, 5, 16, 16) and out.dtype == torch.float32
     row = out[0, 0, 8]  # scaled by 0.8 to 16x32, the middle 16 columns kept: rising, centred on grey
     assert (row[1:] > row[:-1]).all() and abs(float(row.mean())) < 0.05
@@ -299,7 +251,7 @@ def test_init_pixels_cover_crop_and_pad():
     assert torch.allclose(out[:, 1], -out[:, 0], atol=0.02)  # the second frame, inverted
     assert all(torch.equal(out[:, k], out[:, 1]) for k in (2, 3, 4))
     exact = np.random.default_rng(0).integers(0, 256, (5, 16, 24, 3), dtype=np.uint8)
-    same = generate.init_pixels(exact, (2, 2, 3), 4, 8)  # already the right size: values only rescaled
+    same = pipeline.init_pixels(exact, (2, 2, 3), 4, 8)  # already the right size: values only rescaled
     torch.testing.assert_close(same, torch.from_numpy(exact).permute(3, 0, 1, 2).float() / 127.5 - 1)
 
 
@@ -308,8 +260,7 @@ def test_read_init_frames_repeats_an_image(tmp_path):
 
     pixels = np.random.default_rng(1).integers(0, 256, (12, 20, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "still.png")
-    req = generate.GenRequest("a", 4, 12, 20, 0, "", tmp_path / "o.mp4", tmp_path / "still.png", 0.5)
-    frames = generate.read_init_frames(req)
+    frames = first_frames(tmp_path / "still.png", 4)
     assert frames.shape == (4, 12, 20, 3) and all((f == pixels).all() for f in frames)
 
 
@@ -329,7 +280,7 @@ def test_generate_init_video_starts_from_its_latent(tiny_ckpt, tmp_path, capsys,
         seen.append((reqs, out))
         return out
 
-    monkeypatch.setattr(sampling, "sample", spy)
+    monkeypatch.setattr(pipeline, "sample", spy)
     argv = ["--prompt", "a red ball", "--frames", "5", "--res", "16x32", "--steps", "8",
             "--ckpt", str(tiny_ckpt)]
     v2v_out, t2v_out = tmp_path / "v2v.mp4", tmp_path / "t2v.mp4"
@@ -340,7 +291,7 @@ def test_generate_init_video_starts_from_its_latent(tiny_ckpt, tmp_path, capsys,
     (t2v,), (t2v_latent,) = seen[1]
     assert t2v.init is None and t2v.strength == 1.0 and v2v.strength == 0.25
     vae = load_vae(str(tiny_ckpt.parent / "vae"))
-    pixels = generate.init_pixels(read_mp4(clip)[:5], v2v.size, vae.temporal_stride, vae.spatial_stride)
+    pixels = pipeline.init_pixels(read_mp4(clip)[:5], v2v.size, vae.temporal_stride, vae.spatial_stride)
     with torch.no_grad():
         expected = vae.encode(pixels[None])[0]
     torch.testing.assert_close(v2v.init, expected, atol=1e-4, rtol=1e-4)

@@ -170,23 +170,6 @@ def test_null_text_is_in_every_graph():
     assert model.null_text.grad is not None
 
 
-def test_token_skip_adds_c_skip_times_mapped_input_per_sample():
-    latents, t, texts = samples()
-    m = tiny(prediction="x0", token_skip=True, patch=(1, 2, 2))
-    assert all(o.abs().max() == 0 for o in m.forward_samples(latents, t, texts))  # zero at init
-    with torch.no_grad():
-        m.token_skip.weight.copy_(torch.eye(m.config.patch_dim))  # identity map, final layer still zero
-        out = m.forward_samples(latents, t, texts)  # packed together, each with its own t
-    for z, o, ti in zip(latents, out, t.tolist()):
-        torch.testing.assert_close(o, z * (1 - ti) / ((1 - ti) ** 2 + ti**2))
-    perturb(m)
-    with torch.no_grad():
-        alone = m.forward_samples(latents[:1], t[:1], texts[:1])[0]
-        torch.testing.assert_close(m.forward_samples(latents, t, texts)[0], alone, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="token_skip needs prediction 'x0'"):
-        DiTConfig(token_skip=True)
-
-
 def test_skip_blocks_make_named_blocks_identity_for_that_sample_only():
     cfg = DiTConfig(in_channels=4, text_dim=TEXT_DIM, hidden_size=48, depth=3, num_heads=4)
     model = perturb(VideoDiT(cfg)).eval()

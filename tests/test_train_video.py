@@ -15,6 +15,7 @@ from test_data_fixtures import make_dataset, tiny_vae
 import train_video
 from data.precache import precache
 from data.sampling import SamplingConfig
+from videodit import trainer
 from videodit.checkpoint import load_dit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,7 +199,7 @@ def test_init_from_copies_weights_and_resets_head_for_a_new_parameterisation(tmp
     train_video.init_weights(x0, str(tmp_path / "src"))
     torch.testing.assert_close(x0.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
     assert torch.all(x0.final_layer.linear.weight == 0) and torch.all(x0.final_layer.linear.bias == 0)
-    with pytest.raises(ValueError, match="does not fit model"):
+    with pytest.raises(ValueError, match="does not fit the model"):
         wider = VideoDiT(DiTConfig(in_channels=4, hidden_size=64, depth=1))
         train_video.init_weights(wider, str(tmp_path / "src"))
     # a whole run: an x0 model started from the velocity model's weights trains and exports its config
@@ -212,90 +213,35 @@ def test_init_from_copies_weights_and_resets_head_for_a_new_parameterisation(tmp
 
 
 def test_lr_factor_warmup_constant_cosine():
-    cfg = train_video.TrainConfig(max_steps=110, warmup_steps=10, decay_start=10, min_lr_ratio=0.1)
-    assert train_video.lr_factor(0, cfg) == pytest.approx(0.1)  # warm-up
-    assert train_video.lr_factor(9, cfg) == pytest.approx(1.0)
-    assert train_video.lr_factor(60, cfg) == pytest.approx(0.55)  # half-way down the cosine
-    assert train_video.lr_factor(110, cfg) == pytest.approx(0.1) == train_video.lr_factor(500, cfg)
-    flat = train_video.TrainConfig(max_steps=110, warmup_steps=10)
-    assert train_video.lr_factor(109, flat) == 1.0
+    cfg = trainer.TrainConfig(max_steps=110, warmup_steps=10, decay_start=10, min_lr_ratio=0.1)
+    assert trainer.lr_factor(0, cfg) == pytest.approx(0.1)  # warm-up
+    assert trainer.lr_factor(9, cfg) == pytest.approx(1.0)
+    assert trainer.lr_factor(60, cfg) == pytest.approx(0.55)  # half-way down the cosine
+    assert trainer.lr_factor(110, cfg) == pytest.approx(0.1) == trainer.lr_factor(500, cfg)
+    flat = trainer.TrainConfig(max_steps=110, warmup_steps=10)
+    assert trainer.lr_factor(109, flat) == 1.0
     with pytest.raises(ValueError, match="decay_start"):
-        train_video.TrainConfig(max_steps=10, decay_start=10)
+        trainer.TrainConfig(max_steps=10, decay_start=10)
     with pytest.raises(ValueError, match="min_lr_ratio"):
-        train_video.TrainConfig(min_lr_ratio=1.5)
+        trainer.TrainConfig(min_lr_ratio=1.5)
+    with pytest.raises(ValueError, match="stop_step"):
+        trainer.TrainConfig(max_steps=10, stop_step=11)
 
 
 def test_lr_decay_switched_on_at_resume_follows_the_step(tmp_path, assets, one_rank):
-    """A run resumed with decay_start set (it was constant before) gets the lr of its step."""
+    """A run stopped early (train.stop_step) and resumed with decay_start set (it was constant before)
+    gets the lr of its step."""
     sched = {"train.warmup_steps": 1, "train.lr": 1e-3, "train.min_lr_ratio": 0.2}
-    run(assets, tmp_path / "r", **{"train.max_steps": 2, **sched})
+    first = run(assets, tmp_path / "r", **{"train.max_steps": 5, "train.stop_step": 2, **sched})
+    assert [m["step"] for m in first] == [1, 2]
+    assert (tmp_path / "r/checkpoints/step00000002").is_dir()
     resumed = run(assets, tmp_path / "r", **{"train.max_steps": 5, "train.decay_start": 2, **sched})
-    cfg = train_video.TrainConfig(max_steps=5, warmup_steps=1, lr=1e-3, decay_start=2, min_lr_ratio=0.2)
+    cfg = trainer.TrainConfig(max_steps=5, warmup_steps=1, lr=1e-3, decay_start=2, min_lr_ratio=0.2)
     assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5]
     assert [m["lr"] for m in resumed[:2]] == pytest.approx([1e-3, 1e-3])
-    expected = [1e-3 * train_video.lr_factor(s, cfg) for s in (3, 4, 5)]
+    expected = [1e-3 * trainer.lr_factor(s, cfg) for s in (3, 4, 5)]
     assert [m["lr"] for m in resumed[2:]] == pytest.approx(expected)
     assert resumed[-1]["lr"] == pytest.approx(2e-4)
-
-
-def test_init_from_adds_a_token_skip_that_starts_at_zero(tmp_path):
-    from videodit.checkpoint import save_dit
-    from videodit.model import DiTConfig, VideoDiT
-
-    kw = dict(in_channels=4, hidden_size=32, depth=1, num_heads=2, prediction="x0")
-    source = VideoDiT(DiTConfig(**kw))
-    for p in source.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    save_dit(source, tmp_path / "src", {})
-    skip = VideoDiT(DiTConfig(**kw, token_skip=True))
-    train_video.init_weights(skip, str(tmp_path / "src"))
-    assert torch.all(skip.token_skip.weight == 0)
-    z, text = [torch.randn(4, 3, 4, 4)], [torch.randn(5, 384)]
-    with torch.no_grad():  # the zero skip adds nothing: same outputs as the source
-        torch.testing.assert_close(skip.forward_samples(z, torch.tensor([0.3]), text)[0],
-                                   source.forward_samples(z, torch.tensor([0.3]), text)[0])
-
-
-def built_loss_map(assets, *sets):
-    """build_loss_map twice on the debug config with `sets` -> (cfg, source, vae, map); checks that both
-    builds agree, the map's shape, and that its reads were not counted as training samples."""
-    from data.dataset import VideoDataset
-    from vae3d.io import load_vae
-
-    cfg = train_video.load_config(train_video.RunConfig, str(REPO / "configs/debug.yaml"),
-                                  [f"data.manifest={assets['manifest']}", "model.in_channels=4", *sets])
-    vae = load_vae(str(assets["vae"])).eval()
-    source = VideoDataset(str(assets["manifest"]), SamplingConfig(min_tokens=8, max_tokens=32, max_frames=9))
-    a = train_video.build_loss_map(cfg, source, (vae,), torch.device("cpu"))
-    b = train_video.build_loss_map(cfg, source, (vae,), torch.device("cpu"))
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert a.shape == (cfg.model.patch_dim, cfg.model.patch_dim)
-    assert source.stats["yielded"] == 0
-    return cfg, source, vae, a
-
-
-def test_loss_whiten_weighs_the_loss_by_data_statistics(tmp_path, assets, one_rank):
-    """flow.loss_whiten: the map comes from the training clips (raw mode: VAE-encoded), the same at every
-    start; its reads are not counted as training samples; the loss differs from the plain one."""
-    plain = run(assets, tmp_path / "plain", **{"train.max_steps": 2})
-    weighted = run(assets, tmp_path / "w", **{"train.max_steps": 2, "flow.loss_whiten": 0.5})
-    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in weighted)
-    assert weighted[0]["loss"] != pytest.approx(plain[0]["loss"], rel=1e-3)
-    assert weighted[-1]["skipped_data"] == plain[-1]["skipped_data"] == 5  # each bad clip counted once
-    cfg, source, vae, _ = built_loss_map(assets, "flow.loss_whiten=1.0")
-    cfg.flow.loss_whiten = 0.0
-    assert train_video.build_loss_map(cfg, source, (vae,), torch.device("cpu")) is None
-
-
-def test_loss_decoder_power_weighs_channels_by_the_decoder(tmp_path, assets, one_rank):
-    """flow.loss_decoder_power: a diagonal map from the run's VAE decoder, the same at every start, its
-    reads not counted as training samples; training runs on it."""
-    weighted = run(assets, tmp_path / "dw", **{"train.max_steps": 2, "flow.loss_decoder_power": 1.0})
-    assert len(weighted) == 2 and all(torch.isfinite(torch.tensor(m["loss"])) for m in weighted)
-    _, _, _, a = built_loss_map(assets, f"data.vae={assets['vae']}", "flow.loss_decoder_power=1.0")
-    assert torch.equal(a, torch.diag(a.diagonal()))
-    assert a.diagonal().pow(2).mean().item() == pytest.approx(1.0)
-    assert a.diagonal().std() > 0  # the random VAE's channels differ in what they move
 
 
 def test_init_from_another_patch_size_copies_the_body(tmp_path):
@@ -307,20 +253,17 @@ def test_init_from_another_patch_size_copies_the_body(tmp_path):
     for p in source.parameters():
         torch.nn.init.normal_(p, std=0.1)
     save_dit(source, tmp_path / "src", {})
-    small = VideoDiT(DiTConfig(**kw, patch=(1, 2, 2), token_skip=True))
+    small = VideoDiT(DiTConfig(**kw, patch=(1, 2, 2)))
     fresh = {k: v.clone() for k, v in small.state_dict().items()}
     train_video.init_weights(small, str(tmp_path / "src"))
     src = source.state_dict()
     for k, v in small.state_dict().items():  # the body copied; what follows the patch keeps its fresh init
         torch.testing.assert_close(v, fresh[k] if k.startswith(train_video.PATCH_TIED) else src[k],
                                    rtol=0, atol=0)
-    assert torch.all(small.final_layer.linear.weight == 0) and torch.all(small.token_skip.weight == 0)
+    assert torch.all(small.final_layer.linear.weight == 0)
     with torch.no_grad():  # the zero head: a fresh output of 0 on the new tokens
         out = small.forward_samples([torch.randn(4, 3, 4, 4)], torch.tensor([0.3]), [torch.randn(5, 384)])[0]
     assert torch.all(out == 0)
-    save_dit(small, tmp_path / "skip", {})
-    with pytest.raises(ValueError, match="token_skip"):  # the source's skip would be silently dropped
-        train_video.init_weights(VideoDiT(DiTConfig(**kw, patch=(1, 2, 2))), str(tmp_path / "skip"))
     other = VideoDiT(DiTConfig(**{**kw, "in_channels": 8}, patch=(1, 2, 2)))
     with pytest.raises(ValueError, match="in_channels"):
         train_video.init_weights(other, str(tmp_path / "src"))
@@ -332,36 +275,6 @@ def test_pixel_term_trains_through_the_frozen_vae_decoder(tmp_path, assets, one_
                                                "flow.pixel_samples": 4})
     assert all(math.isfinite(m["loss"]) for m in pixel)
     assert pixel[0]["loss"] > plain[0]["loss"]  # same draws, the decoded term on top
-    with pytest.raises(ValueError, match="pixel_weight > 0 needs train.token_drop 0"):
-        bad = {"flow.pixel_weight": 1.0, "train.token_drop": 0.5}
+    with pytest.raises(ValueError, match="pixel_weight > 0 needs data.token_drop 0"):
+        bad = {"flow.pixel_weight": 1.0, "data.token_drop": 0.5}
         run(assets, tmp_path / "x", **bad)
-
-
-def test_init_block_map_grows_depth_and_starts_as_the_source(tmp_path):
-    from videodit.checkpoint import save_dit
-    from videodit.model import DiTConfig, VideoDiT
-
-    kw = dict(in_channels=4, text_dim=8, hidden_size=32, num_heads=2)
-    source = VideoDiT(DiTConfig(**kw, depth=2))
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in source.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    save_dit(source, tmp_path / "src", {})
-    grown = VideoDiT(DiTConfig(**kw, depth=4))
-    train_video.init_weights(grown, str(tmp_path / "src"), (0, 2))
-    torch.testing.assert_close(grown.blocks[2].attn.qkv.weight, source.blocks[1].attn.qkv.weight)
-    assert torch.all(grown.blocks[1].adaLN_modulation[-1].weight == 0)
-    latents = [torch.randn(4, 2, 4, 4), torch.randn(4, 1, 6, 2)]
-    texts = [torch.randn(3, 8, generator=g), torch.randn(2, 8, generator=g)]
-    t = torch.tensor([0.3, 0.8])
-    with torch.no_grad():
-        for a, b in zip(grown.forward_samples(latents, t, texts), source.forward_samples(latents, t, texts)):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    for bad, match in (((0, 4), "names block 4"), ((0,), "1 entries"), ((0, 1, 2), "3 entries")):
-        with pytest.raises(ValueError, match=match):
-            train_video.init_weights(VideoDiT(DiTConfig(**kw, depth=4)), str(tmp_path / "src"), bad)
-    with pytest.raises(ValueError, match="strictly increasing"):
-        train_video.TrainConfig(init_from="x", init_block_map=(2, 1))
-    with pytest.raises(ValueError, match="needs train.init_from"):
-        train_video.TrainConfig(init_block_map=(0, 1))

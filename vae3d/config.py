@@ -14,7 +14,7 @@ class VAEConfig:
     # "conv": a conv pyramid (patch_size, channel_mult, num_res_blocks per level).
     # "patch": space-time patches of (ts, ss, ss) pixels through a per-patch MLP of width base_channels, then
     # num_res_blocks causal residual blocks at latent resolution (patch_size and channel_mult unused). It
-    # learns small objects and flat colours far faster than the conv pyramid on this CPU (BENCHMARKS.md).
+    # learns small objects and flat colours in far fewer steps than the conv pyramid.
     arch: str = "conv"
     in_channels: int = 3  # pixel channels (RGB)
     latent_channels: int = 16  # c: channels of the latent the DiT sees
@@ -27,25 +27,10 @@ class VAEConfig:
     channel_mult: tuple[int, ...] = (1, 2, 4)
     num_res_blocks: int = 1  # residual blocks per level (the decoder uses the same number)
     temporal_kernel: int = 3  # time extent of every causal conv in the residual blocks
-    norm: str = "rms"  # "rms": per-position RMS norm over channels; "scale": learned per-channel scale only
     # arch "patch" only: width of a per-frame pixel-space refiner (three 3x3 convs, residual, last conv
     # zero-initialised) after the decoder's per-patch output; it sees across patch borders, so it can remove
     # the block seams and sharpen edges that a per-patch projection leaves. 0 = none.
     refine_channels: int = 0
-    # residual refiner stages in a row, each the three-conv block above (3 px more reach on each side a
-    # stage). Stages past the first start as identity, so a decoder fine-tune can add them to a trained
-    # refiner. Needs refine_channels > 0.
-    refine_stages: int = 1
-    # arch "patch" only: width of a second per-patch output branch (1x1 conv, SiLU, 1x1 conv; the last
-    # zero-initialised) added to the decoder's output projection, which writes a whole (ts, ss, ss) patch as
-    # a linear map of base_channels features. 0 = none. Measured: a 1024-wide branch fine-tuned 1000 steps
-    # did not sharpen moving squares (BENCHMARKS.md, bench/vae_shape.py).
-    head_channels: int = 0
-    # arch "patch": a linear path beside each MLP, patch -> latent mean in the encoder and latent -> patch in
-    # the decoder (zero at first, so a trained VAE can add it). The MLPs end in a per-position RMS norm, so
-    # their output depends on the direction of the feature vector only; a patch's contrast has to be coded in
-    # that direction. The linear path carries it directly, as PCA does.
-    linear_skip: bool = False
     norm_eps: float = 1e-6
     logvar_min: float = -30.0
     logvar_max: float = 20.0
@@ -82,19 +67,9 @@ class VAEConfig:
             )
         if self.num_res_blocks < 0:
             raise ValueError(f"num_res_blocks must be >= 0, got {self.num_res_blocks}")
-        if self.norm not in ("rms", "scale"):
-            raise ValueError(f"norm must be 'rms' or 'scale', got {self.norm!r}")
         if self.refine_channels < 0 or (self.refine_channels and self.arch != "patch"):
             raise ValueError(f"refine_channels must be >= 0, and only arch 'patch' has a refiner; got "
                              f"{self.refine_channels} with arch {self.arch!r}")
-        if self.head_channels < 0 or (self.head_channels and self.arch != "patch"):
-            raise ValueError(f"head_channels must be >= 0, and only arch 'patch' has the branch; got "
-                             f"{self.head_channels} with arch {self.arch!r}")
-        if self.linear_skip and self.arch != "patch":
-            raise ValueError(f"linear_skip is a path of arch 'patch', got arch {self.arch!r}")
-        if self.refine_stages < 1 or (self.refine_stages > 1 and not self.refine_channels):
-            raise ValueError(f"refine_stages must be >= 1, and > 1 only with a refiner (refine_channels > 0);"
-                             f" got {self.refine_stages} with refine_channels {self.refine_channels}")
         if self.temporal_kernel < 1:
             raise ValueError(f"temporal_kernel must be >= 1, got {self.temporal_kernel}")
         if not self.logvar_min < self.logvar_max:

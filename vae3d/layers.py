@@ -64,32 +64,26 @@ class CausalConv3d(nn.Module):
 
 
 class ChannelRMSNorm(nn.Module):
-    """RMS norm over channels at each (frame, pixel): local in time and space, so chunks stay exact.
+    """RMS norm over channels at each (frame, pixel): local in time and space, so chunks stay exact."""
 
-    `normalize=False` keeps only the learned per-channel scale (VAEConfig.norm = "scale"): the feature
-    magnitude, and so the brightness of flat regions, then reaches the next layer unchanged.
-    """
-
-    def __init__(self, channels: int, eps: float = 1e-6, normalize: bool = True):
+    def __init__(self, channels: int, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
-        self.normalize = normalize
         self.weight = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.normalize:
-            x = x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps)  # / (B, 1, F, H, W) rms
+        x = x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps)  # / (B, 1, F, H, W) rms
         return x * self.weight.view(1, -1, 1, 1, 1)
 
 
 class ResBlock3d(nn.Module):
     """norm -> SiLU -> causal conv, twice, plus a (1x1x1 if widths differ) skip. Cache: {"c1", "c2"}."""
 
-    def __init__(self, c_in: int, c_out: int, kernel_t: int = 3, eps: float = 1e-6, normalize: bool = True):
+    def __init__(self, c_in: int, c_out: int, kernel_t: int = 3, eps: float = 1e-6):
         super().__init__()
-        self.norm1 = ChannelRMSNorm(c_in, eps, normalize)
+        self.norm1 = ChannelRMSNorm(c_in, eps)
         self.conv1 = CausalConv3d(c_in, c_out, (kernel_t, 3, 3))
-        self.norm2 = ChannelRMSNorm(c_out, eps, normalize)
+        self.norm2 = ChannelRMSNorm(c_out, eps)
         self.conv2 = CausalConv3d(c_out, c_out, (kernel_t, 3, 3))
         self.skip = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 

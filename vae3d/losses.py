@@ -25,48 +25,16 @@ class VAELossConfig:
     disc_channels: int = 32
     disc_layers: int = 3
     disc_lr: float = 1e-4
-    # Object focus of the squared error (0 = off): a pixel within `focus_radius` px of one that differs from
-    # its clip's median colour by more than `focus_threshold` weighs 1 + focus, and the MSE is the weighted
-    # mean (`focus_weights`). On a flat background, a small object's corners are a tiny share of the mean.
-    focus: float = 0.0
-    focus_threshold: float = 0.15
-    focus_radius: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("l1_weight", "mse_weight", "kl_weight", "ssim_weight", "gan_weight", "disc_lr", "focus",
-                     "focus_radius"):
+        for name in ("l1_weight", "mse_weight", "kl_weight", "ssim_weight", "gan_weight", "disc_lr"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         if self.gan_start < -1:
             raise ValueError(f"loss.gan_start must be -1 (off) or a step >= 0, got {self.gan_start}")
-        if not self.focus_threshold > 0:
-            raise ValueError(f"loss.focus_threshold must be > 0, got {self.focus_threshold}")
-        if self.focus > 0 and self.mse_weight <= 0:
-            raise ValueError("loss.focus weights the squared error: it needs loss.mse_weight > 0")
         if self.disc_channels < 1 or self.disc_layers < 1:
             raise ValueError(f"disc_channels and disc_layers must be >= 1, got "
                              f"{self.disc_channels}, {self.disc_layers}")
-
-
-def focus_weights(frames: torch.Tensor, focus: float, threshold: float, radius: int) -> torch.Tensor:
-    """Pixel weights (B, 1, F, H, W) of clips (B, 3, F, H, W): 1 + focus on pixels within `radius` of one
-    that differs from its clip's median colour by more than `threshold` in some channel, else 1."""
-    background = frames.flatten(2).median(dim=2).values[:, :, None, None, None]  # (B, 3, 1, 1, 1)
-    mask = ((frames - background).abs().amax(dim=1, keepdim=True) > threshold).float()  # (B, 1, F, H, W)
-    if radius > 0:
-        k = 2 * radius + 1
-        mask = F.max_pool3d(mask, (1, k, k), stride=1, padding=(0, radius, radius))
-    return 1.0 + focus * mask
-
-
-def focused_mse(pred: torch.Tensor, target: torch.Tensor, focus: float, threshold: float,
-                radius: int) -> torch.Tensor:
-    """MSE of clips (B, 3, F, H, W), weighted by `focus_weights(target, ...)` when focus > 0."""
-    sq = (pred - target).pow(2)
-    if focus <= 0:
-        return sq.mean()
-    w = focus_weights(target, focus, threshold, radius)  # (B, 1, F, H, W)
-    return (sq * w).sum() / (w.sum() * sq.shape[1])
 
 
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -139,7 +107,7 @@ def vae_loss(recon: torch.Tensor, video: torch.Tensor, mean: torch.Tensor, logva
     loss = cfg.l1_weight * l1 + cfg.kl_weight * kl + cfg.ssim_weight * (1 - s)
     logs = {"l1": l1.item(), "kl": kl.item(), "ssim": s.item()}
     if cfg.mse_weight > 0:
-        mse = focused_mse(recon, video, cfg.focus, cfg.focus_threshold, cfg.focus_radius)
+        mse = (recon - video).pow(2).mean()
         loss = loss + cfg.mse_weight * mse
         logs["mse"] = mse.item()
     if disc is not None:

@@ -53,13 +53,13 @@ class Encoder(nn.Module):
         c = widths[0]
         for i, w in enumerate(widths):
             for j in range(cfg.num_res_blocks):
-                layers[f"l{i}_res{j}"] = ResBlock3d(c, w, kt, cfg.norm_eps, cfg.norm == "rms")
+                layers[f"l{i}_res{j}"] = ResBlock3d(c, w, kt, cfg.norm_eps)
                 c = w
             if i < len(widths) - 1:  # widen here too, so num_res_blocks=0 still follows channel_mult
                 layers[f"l{i}_down"] = Downsample3d(c, widths[i + 1], temporal=cfg.temporal_down_at(i))
                 c = widths[i + 1]
-        layers["mid"] = ResBlock3d(c, c, kt, cfg.norm_eps, cfg.norm == "rms")
-        layers["norm_out"] = ChannelRMSNorm(c, cfg.norm_eps, cfg.norm == "rms")
+        layers["mid"] = ResBlock3d(c, c, kt, cfg.norm_eps)
+        layers["norm_out"] = ChannelRMSNorm(c, cfg.norm_eps)
         layers["act_out"] = nn.SiLU()
         layers["conv_out"] = CausalConv3d(c, 2 * cfg.latent_channels, (kt, 3, 3))
         self.layers = nn.ModuleDict(layers)
@@ -79,17 +79,17 @@ class Decoder(nn.Module):
         c = widths[-1]
         layers: dict[str, nn.Module] = {
             "conv_in": CausalConv3d(cfg.latent_channels, c, (kt, 3, 3)),
-            "mid": ResBlock3d(c, c, kt, cfg.norm_eps, cfg.norm == "rms"),
+            "mid": ResBlock3d(c, c, kt, cfg.norm_eps),
         }
         for i in reversed(range(len(widths))):
             for j in range(cfg.num_res_blocks):
-                layers[f"l{i}_res{j}"] = ResBlock3d(c, widths[i], kt, cfg.norm_eps, cfg.norm == "rms")
+                layers[f"l{i}_res{j}"] = ResBlock3d(c, widths[i], kt, cfg.norm_eps)
                 c = widths[i]
             if i > 0:  # kernel_t=1: the residual blocks mix time; the x8-wide upsample conv stays cheap
                 temporal = cfg.temporal_down_at(i - 1)
                 layers[f"l{i}_up"] = Upsample3d(c, widths[i - 1], temporal=temporal, kernel_t=1)
                 c = widths[i - 1]
-        layers["norm_out"] = ChannelRMSNorm(c, cfg.norm_eps, cfg.norm == "rms")
+        layers["norm_out"] = ChannelRMSNorm(c, cfg.norm_eps)
         layers["act_out"] = nn.SiLU()
         layers["conv_out"] = CausalConv3d(c, cfg.in_channels * p * p, (kt, 3, 3))
         self.layers = nn.ModuleDict(layers)
@@ -115,18 +115,13 @@ class PatchEncoder(nn.Module):
         self.ts, self.ss, w = cfg.temporal_stride, cfg.spatial_stride, cfg.base_channels
         self.proj_in = nn.Conv3d(cfg.in_channels * self.ts * self.ss**2, w, 1)
         self.proj_mid = nn.Conv3d(w, w, 1)
-        rms = cfg.norm == "rms"
         self.blocks = nn.ModuleList(
-            ResBlock3d(w, w, cfg.temporal_kernel, cfg.norm_eps, rms) for _ in range(cfg.num_res_blocks)
+            ResBlock3d(w, w, cfg.temporal_kernel, cfg.norm_eps) for _ in range(cfg.num_res_blocks)
         )
-        self.norm_out = ChannelRMSNorm(w, cfg.norm_eps, cfg.norm == "rms")
+        self.norm_out = ChannelRMSNorm(w, cfg.norm_eps)
         self.conv_out = nn.Conv3d(w, 2 * cfg.latent_channels, 1)
         with torch.no_grad():  # start nearly deterministic: unit posterior noise drowned the small initial
             self.conv_out.bias[cfg.latent_channels:].fill_(PATCH_LOGVAR_INIT)  # means and stalled training
-        self.skip = None
-        if cfg.linear_skip:  # patch -> latent mean, linear (see VAEConfig.linear_skip); zero at first
-            self.skip = nn.Conv3d(cfg.in_channels * self.ts * self.ss**2, cfg.latent_channels, 1, bias=False)
-            nn.init.zeros_(self.skip.weight)
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> tuple[torch.Tensor, dict]:
         if cache is None:
@@ -142,15 +137,10 @@ class PatchEncoder(nn.Module):
             return x.new_zeros(b, self.conv_out.out_channels, 0, h // self.ss, w // self.ss), new
         x = rearrange(x[:, :, : n * self.ts], "b c (t pt) (h p1) (w p2) -> b (c pt p1 p2) t h w",
                       pt=self.ts, p1=self.ss, p2=self.ss)
-        patches = x
         x = self.proj_mid(F.silu(self.proj_in(x)))
         for i, block in enumerate(self.blocks):
             x, new[f"res{i}"] = block(x, (cache or {}).get(f"res{i}"))
-        moments = self.conv_out(F.silu(self.norm_out(x)))
-        if self.skip is not None:
-            mean, logvar = moments.chunk(2, dim=1)
-            moments = torch.cat([mean + self.skip(patches), logvar], dim=1)
-        return moments, new
+        return self.conv_out(F.silu(self.norm_out(x))), new
 
 
 class PatchDecoder(nn.Module):
@@ -164,40 +154,21 @@ class PatchDecoder(nn.Module):
         super().__init__()
         self.ts, self.ss, w = cfg.temporal_stride, cfg.spatial_stride, cfg.base_channels
         self.conv_in = nn.Conv3d(cfg.latent_channels, w, 1)
-        rms = cfg.norm == "rms"
         self.blocks = nn.ModuleList(
-            ResBlock3d(w, w, cfg.temporal_kernel, cfg.norm_eps, rms) for _ in range(cfg.num_res_blocks)
+            ResBlock3d(w, w, cfg.temporal_kernel, cfg.norm_eps) for _ in range(cfg.num_res_blocks)
         )
-        self.norm_out = ChannelRMSNorm(w, cfg.norm_eps, cfg.norm == "rms")
+        self.norm_out = ChannelRMSNorm(w, cfg.norm_eps)
         self.proj_mid = nn.Conv3d(w, w, 1)
         self.proj_out = nn.Conv3d(w, cfg.in_channels * self.ts * self.ss**2, 1)
-        self.head = None
-        if cfg.head_channels:
-            self.head = nn.Sequential(nn.Conv3d(w, cfg.head_channels, 1), nn.SiLU(),
-                                      nn.Conv3d(cfg.head_channels, self.proj_out.out_channels, 1))
-            nn.init.zeros_(self.head[-1].weight)  # adds nothing at first: a trained decoder keeps its output
-            nn.init.zeros_(self.head[-1].bias)
-        self.skip = None
-        if cfg.linear_skip:  # latent -> patch, linear (see VAEConfig.linear_skip); zero at first
-            self.skip = nn.Conv3d(cfg.latent_channels, self.proj_out.out_channels, 1, bias=False)
-            nn.init.zeros_(self.skip.weight)
         self.refine = None
-        self.refine_more = nn.ModuleList()  # stages 2.. (stage 1 keeps the name "refine" of older weights)
-        if cfg.refine_channels:
-            self.refine = self._refiner(cfg.refine_channels, cfg.in_channels)
-            self.refine_more.extend(self._refiner(cfg.refine_channels, cfg.in_channels)
-                                    for _ in range(cfg.refine_stages - 1))
-
-    @staticmethod
-    def _refiner(r: int, c: int) -> nn.Sequential:
-        k, pad = (1, 3, 3), (0, 1, 1)  # per frame: streams
-        stage = nn.Sequential(
-            nn.Conv3d(c, r, k, padding=pad), nn.SiLU(), nn.Conv3d(r, r, k, padding=pad), nn.SiLU(),
-            nn.Conv3d(r, c, k, padding=pad),
-        )
-        nn.init.zeros_(stage[-1].weight)  # identity at first: a trained decoder keeps its output
-        nn.init.zeros_(stage[-1].bias)
-        return stage
+        if cfg.refine_channels:  # per frame (so it streams): three 3x3 convs, residual
+            r, c, k, pad = cfg.refine_channels, cfg.in_channels, (1, 3, 3), (0, 1, 1)
+            self.refine = nn.Sequential(
+                nn.Conv3d(c, r, k, padding=pad), nn.SiLU(), nn.Conv3d(r, r, k, padding=pad), nn.SiLU(),
+                nn.Conv3d(r, c, k, padding=pad),
+            )
+            nn.init.zeros_(self.refine[-1].weight)  # identity at first: a trained decoder keeps its output
+            nn.init.zeros_(self.refine[-1].bias)
 
     def forward(self, z: torch.Tensor, cache: dict | None = None,
                 refine: bool = True) -> tuple[torch.Tensor, dict]:
@@ -205,20 +176,13 @@ class PatchDecoder(nn.Module):
         x = self.conv_in(z)
         for i, block in enumerate(self.blocks):
             x, new[f"res{i}"] = block(x, (cache or {}).get(f"res{i}"))
-        h = F.silu(self.norm_out(x))
-        x = self.proj_out(F.silu(self.proj_mid(h)))
-        if self.head is not None:
-            x = x + self.head(h)
-        if self.skip is not None:
-            x = x + self.skip(z)
+        x = self.proj_out(F.silu(self.proj_mid(F.silu(self.norm_out(x)))))
         x = rearrange(x, "b (c pt p1 p2) t h w -> b c (t pt) (h p1) (w p2)",
                       pt=self.ts, p1=self.ss, p2=self.ss)
         if cache is None:
             x = x[:, :, self.ts - 1:]
         if refine and self.refine is not None and x.shape[2]:
             x = x + self.refine(x)
-            for stage in self.refine_more:
-                x = x + stage(x)
         return x, new
 
 
@@ -379,22 +343,15 @@ class CausalVAE3D(nn.Module):
         return self.decoder(latent)[0]
 
     # ---- training ------------------------------------------------------------------------------------
-    def forward(self, video: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None,
-                latent: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """video (B, 3, F, H, W) -> (recon (B, 3, F, H, W), mean, logvar (B, c, T, h, w)), unnormalised.
-
-        With `latent` (B, c, T, h, w), normalised (a DiT's output), the decoder reconstructs `video` from it
-        instead of from the encoder; mean and logvar are then zeros (the KL term is 0).
-        """
-        if latent is not None:
-            self._check_latent(latent, video.shape[2])
-            z = self._denormalise(latent)
-            recon = torch.cat(list(self.decode_stream(z, video.shape[2], None, 0, normalised=False)), dim=2)
-            return recon, torch.zeros_like(z), torch.zeros_like(z)
+    def forward(self, video: torch.Tensor, sample: bool = True,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """video (B, 3, F, H, W) -> (recon (B, 3, F, H, W), mean, logvar (B, c, T, h, w)), unnormalised."""
         mean, logvar = self.encode_moments(video, tile=0)
         z = mean
         if sample:
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            gen_device = generator.device if generator is not None else mean.device
+            noise = torch.randn(mean.shape, generator=generator, device=gen_device, dtype=mean.dtype)
+            noise = noise.to(mean.device)
             z = mean + torch.exp(0.5 * logvar) * noise
         recon = torch.cat(list(self.decode_stream(z, video.shape[2], None, 0, normalised=False)), dim=2)
         return recon, mean, logvar

@@ -1,7 +1,7 @@
 """Ship a trained DiT + VAE as the package's embedded default (`videodit/default/`, `vae3d/default/`).
 
-    python -m videodit.export_default --dit runs/dit_default/ema --vae runs/vae_default/final \
-        --steps 12 --cfg 4 --sampler euler
+    python -m videodit.export_default --dit runs/default/dit_3/ema --vae runs/default/vae_4/final \
+        --steps 32 --cfg 5 --sampler euler
 
 Weights are stored in float16 (half the bytes; they load into float32 models), except the VAE's latent
 shift/scale buffers. The DiT's meta is rewritten to point at the shipped VAE and the default text
@@ -40,9 +40,8 @@ def export_default(dit_path: str | Path, vae_path: str | Path, sampling: dict,
     if dit.config.in_channels != vae.latent_channels:
         raise ValueError(f"DiT in_channels {dit.config.in_channels} != VAE latent channels "
                          f"{vae.latent_channels}")
-    save_vae(_half(vae), vae_out, meta={"source": str(vae_path)})
-    meta = {**meta, "vae": "default", "text_encoder": "default", "random_init": False,
-            "sampling": sampling, "source": str(dit_path)}
+    save_vae(_half(vae), vae_out)
+    meta = {**meta, "vae": "default", "text_encoder": "default", "random_init": False, "sampling": sampling}
     save_dit(_half(dit), dit_out, meta)
     return dit_out, vae_out
 

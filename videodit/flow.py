@@ -38,7 +38,6 @@ from dataclasses import dataclass
 
 import torch
 
-from vae3d.losses import focused_mse
 from videodit.packing import num_tokens, pack, pack_like, token_timesteps, unpack
 
 
@@ -56,26 +55,6 @@ class FlowConfig:
     # almost never draws low noise (logit_mean 1, shift 1.65: t < 0.3 for ~1% of samples), where the fine
     # detail of a sample (an object's corners) is settled; this keeps that end trained.
     uniform_fraction: float = 0.0
-    # Upper end of the training noise levels: every drawn t (either kind above) is scaled by max_t, so a run
-    # with max_t < 1 trains a denoiser for the low-noise end only (an expert for the last sampling steps;
-    # configs/default_dit_refiner.yaml measured one: it did not keep squares). 1 = the whole range.
-    max_t: float = 1.0
-    # Token-space loss weighting (0 = off, the plain mean squared error). The error of each token is
-    # measured along the principal directions of the training tokens, direction k weighted by
-    # ((var_k + floor) / mean_var) ** -loss_whiten (1 = whitened, 0.5 = half way): an object's shape lives in
-    # directions holding < 3% of the variance, which the plain loss all but ignores. `token_loss_map`
-    # builds the map from data statistics; the trainer passes it to `flow_loss`. Measured on the default
-    # (BENCHMARKS.md): 0.5 for 4000 steps left shape where it was; 1.0 lost colour and motion within 2000.
-    loss_whiten: float = 0.0
-    whiten_floor: float = 0.01  # added to each direction's variance, as a fraction of the mean variance
-    # Latent-channel loss weighting by what a channel changes on screen (0 = off). The trainer measures,
-    # through the VAE's decoder, the pixel change per unit change of each normalised latent channel (its
-    # sensitivity s_c) and weighs channel c's squared error by (s_c / mean s) ** loss_decoder_power
-    # (renormalised to mean 1): 1 makes the latent loss track the decoder's pixel error to first order,
-    # 0.5 is half way. Per-channel normalisation gives every channel unit variance whatever it draws: on
-    # a PCA-initialised VAE (configs/vae_pca_mix.yaml) the brightest channel moves pixels ~300x more
-    # than the faintest, and the plain loss weighs both alike. Exclusive with loss_whiten.
-    loss_decoder_power: float = 0.0
     # Pixel-space term (0 = off): pixel_weight x the mean squared error between the VAE decoder's pixels of
     # the predicted x0 and of the clean latent, for up to `pixel_samples` samples of each row with
     # t <= pixel_max_t. The latent loss weighs a direction by its variance; this one by what it changes on
@@ -84,14 +63,6 @@ class FlowConfig:
     pixel_weight: float = 0.0
     pixel_max_t: float = 1.0
     pixel_samples: int = 1
-    # Object focus of the pixel term (0 = off, a plain mean): each pixel's squared error is weighted
-    # 1 + pixel_focus where the clean frame differs from its clip's background (the clip's median colour)
-    # by more than `focus_threshold` (in the decoder's [-1, 1] units) in some channel, dilated by
-    # `focus_radius` pixels, else 1; the term is then the weighted mean. A small object covers a few
-    # percent of the frame and its corners a fraction of that, so the plain mean is nearly all background.
-    pixel_focus: float = 0.0
-    focus_threshold: float = 0.15
-    focus_radius: int = 4
 
     def __post_init__(self):
         if not self.logit_std > 0:
@@ -106,28 +77,12 @@ class FlowConfig:
             raise ValueError(f"text_drop_prob must be in [0, 1], got {self.text_drop_prob}")
         if not 0.0 <= self.uniform_fraction <= 1.0:
             raise ValueError(f"uniform_fraction must be in [0, 1], got {self.uniform_fraction}")
-        if not 0.0 < self.max_t <= 1.0:
-            raise ValueError(f"max_t must be in (0, 1], got {self.max_t}")
-        if not 0.0 <= self.loss_whiten <= 1.0:
-            raise ValueError(f"loss_whiten must be in [0, 1], got {self.loss_whiten}")
-        if not self.whiten_floor > 0:
-            raise ValueError(f"whiten_floor must be > 0, got {self.whiten_floor}")
-        if not 0.0 <= self.loss_decoder_power <= 2.0:
-            raise ValueError(f"loss_decoder_power must be in [0, 2], got {self.loss_decoder_power}")
-        if self.loss_decoder_power > 0 and self.loss_whiten > 0:
-            raise ValueError("loss_decoder_power and loss_whiten are exclusive: set one of them")
         if self.pixel_weight < 0:
             raise ValueError(f"pixel_weight must be >= 0, got {self.pixel_weight}")
         if not 0.0 < self.pixel_max_t <= 1.0:
             raise ValueError(f"pixel_max_t must be in (0, 1], got {self.pixel_max_t}")
         if self.pixel_samples < 1:
             raise ValueError(f"pixel_samples must be >= 1, got {self.pixel_samples}")
-        if self.pixel_focus < 0:
-            raise ValueError(f"pixel_focus must be >= 0, got {self.pixel_focus}")
-        if not self.focus_threshold > 0:
-            raise ValueError(f"focus_threshold must be > 0, got {self.focus_threshold}")
-        if self.focus_radius < 0:
-            raise ValueError(f"focus_radius must be >= 0, got {self.focus_radius}")
 
 
 def shift_mu(tokens: int, cfg: FlowConfig) -> float:
@@ -153,7 +108,7 @@ def sample_timesteps(
     tokens: Sequence[int], cfg: FlowConfig, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Per-sample training timesteps (B,) float32 in (0, 1): logit-normal, shifted by each sample's tokens;
-    a `cfg.uniform_fraction` share instead U(0, 1), unshifted; all scaled by `cfg.max_t`."""
+    a `cfg.uniform_fraction` share instead U(0, 1), unshifted."""
     device = generator.device if generator is not None else torch.device("cpu")
     u = torch.randn(len(tokens), generator=generator, device=device)  # (B,)
     t = torch.sigmoid(cfg.logit_mean + cfg.logit_std * u)
@@ -163,8 +118,6 @@ def sample_timesteps(
         pick = torch.rand(len(tokens), generator=generator, device=device) < cfg.uniform_fraction
         flat = torch.rand(len(tokens), generator=generator, device=device).clamp(1e-4, 1 - 1e-4)
         t = torch.where(pick, flat, t)
-    if cfg.max_t < 1.0:
-        t = t * cfg.max_t
     return t
 
 
@@ -207,63 +160,6 @@ def per_sample_mean(values: torch.Tensor, sample_id: torch.Tensor, num_samples: 
     return sums / counts
 
 
-def token_loss_map(tokens: torch.Tensor, power: float, floor: float = 0.01) -> torch.Tensor:
-    """Training tokens (N, D) -> map M (D, D) for the loss ||(pred - target) @ M||^2 (see FlowConfig).
-
-    M = U diag(w), U the principal directions of the tokens (columns), w_k = ((var_k + f) / m)^(-power / 2)
-    with m the mean variance and f = floor * m, scaled so that mean(w^2) = 1 (the loss keeps its scale on
-    isotropic errors). power 0 gives the identity up to rotation, i.e. the plain loss.
-    """
-    if tokens.dim() != 2 or tokens.shape[0] < 2:
-        raise ValueError(f"tokens must be (N >= 2, D), got shape {tuple(tokens.shape)}")
-    x = tokens.double()
-    cov = torch.cov(x.T)  # (D, D)
-    var, U = torch.linalg.eigh(cov)  # ascending
-    var = var.clamp(min=0)
-    m = var.mean().clamp(min=1e-12)
-    w2 = ((var + floor * m) / m).pow(-power)
-    w2 = w2 / w2.mean()
-    return (U * w2.sqrt()[None, :]).float()
-
-
-@torch.no_grad()
-def decoder_sensitivity(decoder: Callable[[torch.Tensor], torch.Tensor], latents: Sequence[torch.Tensor],
-                        eps: float = 0.05, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Mean squared pixel change per unit squared change of each latent channel -> (C,) float32.
-
-    For each clean latent (C, T, H, W) and channel c, perturbs channel c alone by eps * N(0, 1) noise and
-    measures mse(decoder(z + d), decoder(z)) / mean(d^2) (a finite-difference estimate of the decoder's
-    Jacobian norm along that channel), averaged over the latents."""
-    if not latents:
-        raise ValueError("decoder_sensitivity needs at least one latent")
-    channels = latents[0].shape[0]
-    total = torch.zeros(channels, dtype=torch.float64)
-    for z in latents:
-        z = z[None].float()  # (1, C, T, H, W)
-        base = decoder(z).float()
-        for c in range(channels):
-            d = torch.zeros_like(z)
-            gen_device = generator.device if generator is not None else z.device
-            noise = torch.randn(z[:, c].shape, generator=generator, device=gen_device).to(z)
-            d[:, c] = eps * noise
-            change = (decoder(z + d).float() - base).pow(2).mean()
-            total[c] += (change / d[:, c].pow(2).mean()).item()
-    return (total / len(latents)).float()
-
-
-def channel_loss_map(sensitivity: torch.Tensor, power: float, patch: tuple[int, int, int]) -> torch.Tensor:
-    """Per-channel sensitivities (C,) -> diagonal map M (D, D), D = C * prod(patch), for the loss
-    ||(pred - target) @ M||^2: channel c's squared error weighs w_c = (s_c / mean s) ** power, scaled so
-    that mean(w) = 1. Token layout (c pt ph pw), as `spacetime_patchify` cuts it."""
-    s = sensitivity.double().clamp(min=0)
-    if s.dim() != 1 or not bool(s.sum() > 0):
-        raise ValueError(f"sensitivity must be (C,) with a positive sum, got {sensitivity.tolist()}")
-    w = (s / s.mean()).clamp(min=1e-8).pow(power)
-    w = w / w.mean()
-    per_dim = w.repeat_interleave(int(patch[0] * patch[1] * patch[2]))  # (D,)
-    return torch.diag(per_dim.sqrt()).float()
-
-
 def flow_loss(
     model,
     latents: Sequence[torch.Tensor],
@@ -271,7 +167,6 @@ def flow_loss(
     cfg: FlowConfig,
     generator: torch.Generator | None = None,
     drop_rate: float = 0.0,
-    loss_map: torch.Tensor | None = None,
     pixel_decoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
     cond_frames: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -284,7 +179,6 @@ def flow_loss(
     A `cfg.text_drop_prob` fraction of samples (chosen at random) get zero-length text, so the model
     learns its null text token for classifier-free guidance. `drop_rate` is the NaViT token drop rate
     passed to `pack`; the velocity targets go through `pack_like`, so they drop the same tokens.
-    `loss_map` (D_in, D_in), from `token_loss_map`: the error is measured as (pred - target) @ loss_map.
     `pixel_decoder` (latent (1, C, T, H, W) -> pixels, differentiable) with `cfg.pixel_weight` > 0 adds
     the pixel-space term (FlowConfig); it needs drop_rate 0 (a dropped token has no x0 prediction).
     Random draws, in order: timesteps, text-drop mask, noise, token drop, pixel-term samples; all from
@@ -332,8 +226,6 @@ def flow_loss(
     if prediction != "velocity":
         pred = to_velocity(pred.float(), x_t, t_tok, prediction)
     diff = pred.float() - target.float()  # (N, D_in)
-    if loss_map is not None:
-        diff = diff @ loss_map.to(diff.device)
     err = diff.pow(2).mean(dim=1)  # (N,)
     sample_id = packed.sample_id.to(err.device)
     if per_token is not None:  # conditioning tokens are given, not predicted
@@ -364,6 +256,5 @@ def pixel_term(packed, x0_pred: torch.Tensor, latents: Sequence[torch.Tensor], t
     for i in chosen:
         with torch.no_grad():
             target = decoder(latents[i][None].to(x0_pred))  # (1, 3, F, H, W)
-        errs.append(focused_mse(decoder(per_clip[i][None]), target, cfg.pixel_focus, cfg.focus_threshold,
-                                cfg.focus_radius))
+        errs.append((decoder(per_clip[i][None]) - target).pow(2).mean())
     return torch.stack(errs).mean()

@@ -45,11 +45,7 @@ class DiTConfig:
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * D
     rope: Literal["integer", "fractional"] = "integer"  # token positions as grid indices, or NaViT-scaled
     rope_theta: float = 10000.0
-    rope_ref_grid: tuple[int, int, int] = (
-        0,
-        32,
-        32,
-    )  # fractional mode: (t, h, w) grid positions scale to; 0 = keep integer
+    rope_ref_grid: tuple[int, int, int] = (0, 32, 32)  # fractional rope: (t, h, w) grid to scale to; 0: as is
     attention: Literal["auto", "sdpa", "flex", "xformers", "flash"] = "auto"  # see videodit/attention.py
     grad_checkpointing: bool = False  # recompute each block in backward (training only)
     # What the output head predicts: "velocity" (v = noise - x0) or "x0" (the clean latent; the flow
@@ -57,12 +53,6 @@ class DiTConfig:
     # suits a model narrower than its patch (hidden_size < patch_dim): v and noise are full-rank in every
     # patch dimension and cannot pass a narrower residual stream, clean latents can (JiT, Li & He 2025).
     prediction: Literal["velocity", "x0"] = "velocity"
-    # x0 head only: add c_skip(t) * W(x_t token) to the output, W a learned D_in x D_in map (zero at init),
-    # c_skip(t) = (1 - t) / ((1 - t)^2 + t^2) (EDM's skip weight for unit-variance data). The fine detail
-    # of a token (its low-variance principal directions, e.g. an object's corners) then need not pass the
-    # residual stream, which a model narrower than its patch cannot fit next to its own features. Measured
-    # (BENCHMARKS.md): it cut the low-noise x0 error in those directions, not the generated shapes.
-    token_skip: bool = False
     frequency_embedding_size: int = 256  # sinusoidal timestep features before the timestep MLP
     norm_eps: float = 1e-6
 
@@ -88,8 +78,6 @@ class DiTConfig:
             raise ValueError(f"rope_ref_grid must be three integers >= 0, got {self.rope_ref_grid}")
         if self.prediction not in ("velocity", "x0"):
             raise ValueError(f"prediction must be 'velocity' or 'x0', got {self.prediction!r}")
-        if self.token_skip and self.prediction != "x0":
-            raise ValueError("token_skip needs prediction 'x0' (it adds a mapped x_t to the x0 output)")
         if self.attention not in BACKENDS:
             raise ValueError(f"attention must be one of {list(BACKENDS)}, got {self.attention!r}")
 
@@ -292,7 +280,6 @@ class VideoDiT(nn.Module):
         self.null_text = nn.Parameter(torch.zeros(1, D))  # context of a sample whose text was dropped
         self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.depth)])
         self.final_layer = FinalLayer(cfg)
-        self.token_skip = nn.Linear(cfg.patch_dim, cfg.patch_dim, bias=False) if cfg.token_skip else None
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -312,8 +299,6 @@ class VideoDiT(nn.Module):
         for lin in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
-        if self.token_skip is not None:
-            nn.init.zeros_(self.token_skip.weight)
 
     def _text_context(self, packed: PackedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """Projected text `(M, D)`, its sample ids `(M,)`, cu_seqlens and max length.
@@ -436,13 +421,7 @@ class VideoDiT(nn.Module):
                 skip = torch.tensor([index in s for s in skip_blocks], device=device)[sample_id]  # (N,)
                 y = torch.where(skip[:, None], x, y)
             x = y
-        out = self.final_layer(x, c, mod_id)  # (N, D_in)
-        if self.token_skip is not None:
-            t = timesteps.to(device).float()[sample_id][:, None]  # (N, 1)
-            c_skip = (1 - t) / ((1 - t) ** 2 + t**2)
-            skip = self.token_skip(packed.tokens.to(device=device, dtype=dtype)).float()  # (N, D_in)
-            out = out + (c_skip * skip).to(out.dtype)
-        return out
+        return self.final_layer(x, c, mod_id)  # (N, D_in)
 
     def forward_samples(
         self,

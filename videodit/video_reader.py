@@ -1,4 +1,6 @@
-"""Video and image decoding: decord first, av (PyAV) as the fallback; images are 1-frame videos.
+"""Video and image reading: decord first, av (PyAV) as the fallback; images are 1-frame videos.
+
+Used at inference (init videos and stills for video-to-video, `first_frames`) and by the data layer.
 
 All functions return uint8 frames `(F, H, W, 3)` (RGB) and raise `VideoDecodeError` naming the file on
 any failure (missing, empty, truncated, garbled, not a video). Resizing, when asked for, happens inside
@@ -7,7 +9,10 @@ the decoder (decord's / ffmpeg's scaler), which is much cheaper than decoding at
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -232,3 +237,34 @@ def decode_video(
     if not idx:
         raise VideoDecodeError(f"{path}: no frames between start={start} and end={end} s")
     return decode_frames(path, idx, size, backend)
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence writes to file descriptor 2 (FFmpeg's own log lines from decord / av on a bad file): the
+    decode error is raised as an exception that names the file and the cause."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def first_frames(path: str | Path, num_frames: int, wanted_by: str = "the request") -> np.ndarray:
+    """The first `num_frames` frames of a video at its own rate, uint8 (F, H, W, 3); an image repeats.
+
+    ValueError (`VideoDecodeError`) naming the file when it cannot be decoded or is shorter; `wanted_by`
+    names who asked (e.g. the output file) in that message.
+    """
+    with quiet_native_stderr():
+        if is_image(path):
+            return np.repeat(decode_frames(path, [0]), num_frames, axis=0)
+        info = probe_video(path)
+        if info.num_frames < num_frames:
+            raise ValueError(f"init video {str(path)!r} has {info.num_frames} frames; {wanted_by} asks for "
+                             f"{num_frames} (give --frames <= {info.num_frames})")
+        return decode_frames(path, list(range(num_frames)))

@@ -1,0 +1,211 @@
+"""Text-to-video (and video-to-video) from validated requests to mp4 files.
+
+    pipe = load_pipeline("default")
+    settings = sampling_settings(pipe.meta)                 # the checkpoint's steps, CFG, sampler ...
+    latents = sample_latents(pipe, requests, settings)      # all requests packed into shared passes
+    for request, latent in zip(requests, latents):
+        decode_to_mp4(latent, request, pipe.vae, fps=16)    # streamed decode, cropped to the exact size
+
+`generate.py` and the benchmarks are built on these functions. Requests (`videodit.video_request`) of
+different shapes share every denoising forward pass (NaViT packing, `videodit.sampling.sample`), and a
+request's result does not depend on what it was packed with. A request with an init video starts from its
+VAE encoding noised to its strength (SDEdit); `videodit.video_reader.first_frames` reads that video.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from vae3d.io import load_vae
+from videodit.checkpoint import load_dit
+from videodit.config import from_dict
+from videodit.flow import FlowConfig
+from videodit.mp4 import Mp4Writer
+from videodit.sampling import SAMPLERS, Request, sample
+from videodit.text_encoder import TextEncoder
+from videodit.video_request import VideoRequest, crop_box, latent_shape
+
+TOKEN_BUDGET = 65536  # tokens of one denoising forward pass; a larger request runs alone
+DECODE_CHUNK_FRAMES = 8  # pixel frames the VAE decodes per step (memory is bounded by this and the tile)
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class SamplingSettings:
+    """How to denoise: steps, sampler and guidance (see `videodit.sampling.sample`)."""
+
+    steps: int = 30
+    cfg: float = 5.0  # classifier-free guidance scale; 1 = none
+    sampler: str = "euler"
+    cfg_interval: tuple[float, float] = (0.0, 1.0)  # guide only at noise levels sigma in [lo, hi]
+    skip_guidance: float = 0.0  # skip-layer guidance scale; 0 = off
+    skip_blocks: tuple[int, ...] = ()  # DiT blocks skip-layer guidance skips
+
+    def __post_init__(self):
+        self.cfg_interval = tuple(float(v) for v in self.cfg_interval)
+        self.skip_blocks = tuple(int(b) for b in self.skip_blocks)
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not (self.cfg >= 1.0 and math.isfinite(self.cfg)):
+            raise ValueError(f"cfg must be >= 1 (1 = no guidance), got {self.cfg}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
+        lo, hi = self.cfg_interval
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"cfg_interval must satisfy 0 <= lo <= hi <= 1, got {self.cfg_interval}")
+        if not (self.skip_guidance >= 0 and math.isfinite(self.skip_guidance)):
+            raise ValueError(f"skip_guidance must be >= 0, got {self.skip_guidance}")
+
+
+def sampling_settings(meta: dict, **given: Any) -> SamplingSettings:
+    """The settings a request runs with: each one `given` (not None), else the checkpoint's recommendation
+    (meta["sampling"]), else SamplingSettings' default."""
+    known = SamplingSettings.__annotations__
+    recommended = {k: v for k, v in (meta.get("sampling") or {}).items() if k in known}
+    chosen = {k: v for k, v in given.items() if v is not None}
+    return SamplingSettings(**{**recommended, **chosen})
+
+
+@dataclass
+class Pipeline:
+    """A loaded DiT with its VAE and text encoder."""
+
+    dit: torch.nn.Module
+    meta: dict  # the DiT checkpoint's meta (VAE, text encoder, flow, sampling, trained extent)
+    vae: torch.nn.Module
+    text: TextEncoder
+    flow_cfg: FlowConfig
+    device: torch.device
+    dtype: torch.dtype
+    random: list[str] = field(default_factory=list)  # parts with random weights ("DiT", "VAE")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps' -> torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: CUDA is not available on this machine")
+    return resolved
+
+
+def load_pipeline(ckpt: str = "default", vae: str | None = None, device: str = "auto",
+                  dtype: str = "auto") -> Pipeline:
+    """Load a DiT checkpoint folder ("default": the embedded model), the VAE it names (or `vae`, which
+    must share its latent space) and its text encoder. dtype "auto": bfloat16 on CUDA, float32 else."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    dev = resolve_device(device)
+    name = dtype if dtype != "auto" else ("bfloat16" if dev.type == "cuda" else "float32")
+    torch_dtype = getattr(torch, name)
+    dit, meta = load_dit(ckpt, device=dev, dtype=torch_dtype)
+    decoder = load_vae(vae or meta["vae"], device=dev, dtype=torch_dtype)
+    text = TextEncoder(meta["text_encoder"], device=dev, dtype=torch_dtype)
+    flow_cfg = from_dict(FlowConfig, meta.get("flow") or {}, "meta.flow")
+    if text.dim != dit.config.text_dim:
+        raise ValueError(f"text encoder width {text.dim} != the DiT's text_dim {dit.config.text_dim}")
+    if decoder.latent_channels != dit.config.in_channels:
+        raise ValueError(
+            f"VAE latent channels {decoder.latent_channels} != DiT in_channels {dit.config.in_channels}"
+        )
+    random = [part for part, flag in (("DiT", meta.get("random_init")),
+                                      ("VAE", getattr(decoder, "is_random_init", False))) if flag]
+    return Pipeline(dit, meta, decoder, text, flow_cfg, dev, torch_dtype, random)
+
+
+def extent_notes(requests: list[VideoRequest], meta: dict, vae) -> list[str]:
+    """One line per request whose latent is larger, on some axis, than any the checkpoint was trained on."""
+    trained = meta.get("trained_latent_max")
+    if not trained:
+        return []
+    notes = []
+    for r in requests:
+        size = latent_shape(r.frames, r.height, r.width, vae.temporal_stride, vae.spatial_stride)
+        axes = zip(("frames", "height", "width"), size, trained)
+        over = [f"{axis} {got} > {most}" for axis, got, most in axes if got > most]
+        if over:
+            notes.append(
+                f"note: {r.out}: latent {'x'.join(map(str, size))} is beyond what this checkpoint was "
+                f"trained on ({', '.join(over)} latent cells); expect worse results there"
+            )
+    return notes
+
+
+def init_pixels(frames: np.ndarray, size: tuple[int, int, int], temporal_stride: int,
+                spatial_stride: int) -> torch.Tensor:
+    """uint8 (F, H0, W0, 3) -> float (3, 1 + (T - 1) * ts, h * ss, w * ss) in [-1, 1] for latent size
+    (T, h, w): scaled (bilinear, antialiased) to cover that frame size, centre-cropped as the decoded
+    video is, and the last frame repeated up to the VAE's whole temporal steps."""
+    t, h, w = size
+    height, width = h * spatial_stride, w * spatial_stride
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (F, 3, H0, W0)
+    scale = max(height / video.shape[-2], width / video.shape[-1])
+    cover = (max(height, math.ceil(video.shape[-2] * scale - 1e-6)),
+             max(width, math.ceil(video.shape[-1] * scale - 1e-6)))
+    if cover != tuple(video.shape[-2:]):
+        video = F.interpolate(video, size=cover, mode="bilinear", antialias=True, align_corners=False)
+    rows, cols = crop_box(cover, (height, width))
+    video = video[:, :, rows, cols].div(127.5).sub(1.0).clamp(-1, 1)
+    need = 1 + (t - 1) * temporal_stride
+    if video.shape[0] < need:
+        video = torch.cat([video, video[-1:].expand(need - video.shape[0], -1, -1, -1)])
+    return video[:need].permute(1, 0, 2, 3)  # (3, F', H, W)
+
+
+@torch.no_grad()
+def sample_latents(pipe: Pipeline, requests: list[VideoRequest], settings: SamplingSettings,
+                   inits: dict[int, np.ndarray] | None = None, progress: bool = True) -> list[torch.Tensor]:
+    """Encode the prompts (and init videos), pack all requests into shared denoising passes -> one latent
+    (C, T, h, w) per request. `inits`: {request index: its init video's frames, uint8 (F, H0, W0, 3)
+    (`videodit.video_reader.first_frames`)} for video-to-video."""
+    vae = pipe.vae
+    states, _ = pipe.text.encode([r.prompt for r in requests] + [r.negative_prompt for r in requests])
+    reqs = []
+    for i, r in enumerate(requests):
+        size = latent_shape(r.frames, r.height, r.width, vae.temporal_stride, vae.spatial_stride)
+        init = None
+        if inits and i in inits:
+            pixels = init_pixels(inits[i], size, vae.temporal_stride, vae.spatial_stride)
+            init = vae.encode(pixels[None].to(device=pipe.device, dtype=next(vae.parameters()).dtype),
+                              chunk_frames=DECODE_CHUNK_FRAMES)[0].float()
+        reqs.append(Request(size=size, text=states[i], seed=r.seed,
+                            negative=states[len(requests) + i] if r.negative_prompt else None,
+                            init=init, strength=r.strength if init is not None else 1.0))
+    return sample(
+        pipe.dit, reqs, steps=settings.steps, sampler=settings.sampler, guidance=settings.cfg,
+        flow_cfg=pipe.flow_cfg, device=pipe.device, dtype=pipe.dtype, token_budget=TOKEN_BUDGET,
+        progress=progress, guidance_interval=settings.cfg_interval, skip_guidance=settings.skip_guidance,
+        skip_blocks=settings.skip_blocks,
+    )
+
+
+@torch.no_grad()
+def decode_to_mp4(latent: torch.Tensor, request: VideoRequest, vae, fps: float) -> int:
+    """Stream-decode one latent (C, T, h, w) and write its frames, cropped to H x W, to request.out
+    -> frames written."""
+    z = latent[None].to(dtype=next(vae.parameters()).dtype)  # (1, C, T, h, w)
+    with Mp4Writer(request.out, fps, request.height, request.width) as writer:
+        for chunk in vae.decode_stream(z, num_frames=request.frames, chunk_frames=DECODE_CHUNK_FRAMES):
+            rows, cols = crop_box(chunk.shape[-2:], (request.height, request.width))
+            pixels = chunk[0, :, :, rows, cols].float().clamp(-1, 1)  # (3, f, H, W)
+            frames = ((pixels + 1) * 127.5).round().to(torch.uint8)
+            writer.write(rearrange(frames, "c f h w -> f h w c").cpu())
+        return writer.frames_written
+
+
+def generate(pipe: Pipeline, requests: list[VideoRequest], settings: SamplingSettings, fps: float = 16.0,
+             inits: dict[int, np.ndarray] | None = None, progress: bool = True) -> list[int]:
+    """Sample every request together, then decode each to its mp4 -> frames written per request."""
+    latents = sample_latents(pipe, requests, settings, inits, progress)
+    return [decode_to_mp4(z, r, pipe.vae, fps) for r, z in zip(requests, latents)]

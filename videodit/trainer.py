@@ -1,0 +1,396 @@
+"""The training loop shared by `train_video.py` and `train_vae.py`: optimizer and lr schedule, DeepSpeed
+engine, EMA, NaN skipping, logging, checkpoints, resume and `init_from`.
+
+A training script builds its model, data and loss as a `Task` and hands it to `train`. One optimizer step
+takes `deepspeed.grad_accum` micro-steps per rank; each micro-step's randomness comes from
+`step_generator(seed, rank, step, micro)`, a function of its position only, so a resumed run continues
+exactly as an unstopped one would.
+
+Checkpoints live under `<output_dir>/checkpoints/`:
+
+    step00001000/         DeepSpeed's state (model, optimizer, lr schedule; one file per rank for ZeRO)
+                          extra_rank00000.pt   the task's state on that rank (e.g. data position) and RNG
+                          ema_state.pt         the EMA shadow (when train.ema_decay > 0)
+                          <export name>/       the usable model folder (EMA weights when there is an EMA)
+    latest                names the newest complete folder
+
+A save is written under a temporary name, renamed to its `stepNNNNNNNN` name once every rank has
+finished, and only then made current by replacing `latest` (os.replace): a run killed mid-save resumes
+from the previous checkpoint. `<output_dir>/<export name>` is refreshed at every save.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from videodit.distributed import (
+    DeepSpeedConfig,
+    any_rank,
+    barrier,
+    deepspeed_config,
+    device_for,
+    gathered,
+    init_distributed,
+)
+from videodit.ema import EMA
+
+log = logging.getLogger("videodit.trainer")
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/train"
+    max_steps: int = 1000  # optimizer steps; the lr schedule ends here
+    stop_step: int = -1  # end this run after this step (with a checkpoint); -1 = max_steps
+    seed: int = 0
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100  # linear warm-up from 0
+    # Cosine decay of the lr from decay_start to max_steps, down to lr * min_lr_ratio (-1: constant lr).
+    # The lr is a function of the config and the step, so a resumed run takes the config's lr and schedule.
+    decay_start: int = -1
+    min_lr_ratio: float = 0.1
+    ema_decay: float = 0.999  # exponential moving average of the weights; 0 = none
+    log_every: int = 10
+    save_every: int = 500  # 0 = only at the end
+    keep_checkpoints: int = 2
+    resume: bool = True  # continue from <output_dir>/checkpoints/latest if present
+    # Start a NEW run from the weights of a saved model folder instead of random init (each trainer says
+    # which differences it allows). Ignored when resuming: the checkpoint wins.
+    init_from: str = ""
+
+    def __post_init__(self):
+        if self.max_steps < 1 or self.warmup_steps < 0:
+            raise ValueError(f"train.max_steps must be >= 1 and train.warmup_steps >= 0, "
+                             f"got {self.max_steps}, {self.warmup_steps}")
+        if not (self.stop_step == -1 or 1 <= self.stop_step <= self.max_steps):
+            raise ValueError(f"train.stop_step must be -1 or in [1, max_steps = {self.max_steps}], "
+                             f"got {self.stop_step}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"train.lr must be > 0 and train.weight_decay >= 0, got {self.lr}, "
+                             f"{self.weight_decay}")
+        if self.log_every < 1 or self.save_every < 0 or self.keep_checkpoints < 1:
+            raise ValueError(f"train.log_every >= 1, save_every >= 0 and keep_checkpoints >= 1 required, got "
+                             f"{self.log_every}, {self.save_every}, {self.keep_checkpoints}")
+        if self.decay_start >= 0 and self.decay_start >= self.max_steps:
+            raise ValueError(f"train.decay_start ({self.decay_start}) must be < max_steps ({self.max_steps}) "
+                             f"or -1 (no decay)")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay}")
+
+    @property
+    def last_step(self) -> int:
+        """The step this run ends at."""
+        return self.stop_step if self.stop_step >= 0 else self.max_steps
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of cfg.lr at optimizer step `step` (0-based): linear warm-up, constant, then (if
+    decay_start >= 0) a cosine from 1 at decay_start to min_lr_ratio at max_steps."""
+    factor = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    if 0 <= cfg.decay_start <= step:
+        progress = min(1.0, (step - cfg.decay_start) / max(1, cfg.max_steps - cfg.decay_start))
+        factor *= cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
+
+
+def step_generator(seed: int, rank: int, step: int, micro: int) -> torch.Generator:
+    """CPU RNG of one micro-step: a function of its position only, so resume is exact."""
+    return torch.Generator().manual_seed(hash((seed, rank, step, micro)) & 0x7FFF_FFFF_FFFF)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+
+
+def load_matching(model: nn.Module, source: dict[str, torch.Tensor], keep_fresh: set[str], what: str) -> None:
+    """Copy `source` weights into `model`: every key must exist in both with the same shape, except the
+    model's keys in `keep_fresh`, which keep their current (fresh) values. ValueError naming `what` and the
+    first mismatched keys otherwise."""
+    target = model.state_dict()
+    bad = [k for k in target
+           if k not in keep_fresh and (k not in source or source[k].shape != target[k].shape)]
+    bad += [k for k in source if k not in target]
+    if bad:
+        raise ValueError(f"train.init_from {what!r} does not fit the model: mismatched, missing or extra "
+                         f"{bad[:5]}{' ...' if len(bad) > 5 else ''}")
+    model.load_state_dict({k: v.float() for k, v in source.items() if k not in keep_fresh}, strict=False)
+
+
+class Task(Protocol):
+    """What a training script gives `train`: its loss, state and export. All methods run on every rank
+    unless said otherwise."""
+
+    def init_from(self, model: nn.Module, folder: str) -> None:
+        """Load `train.init_from`'s weights into the fresh model (a new run, not a resumed one)."""
+
+    def loss(self, model: Callable, step: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """One micro-step: (scalar loss to minimise, {name: float} to log). `model` runs the engine's
+        forward; `step` is the 0-based index of the optimizer step in progress; all randomness from
+        `generator`."""
+
+    def after_step(self, step: int, weights: Callable[[], dict]) -> None:
+        """After optimizer step `step` (1-based); `weights()` (collective) gives the exported weights."""
+
+    def log_fields(self, seconds: float) -> dict:
+        """Extra fields of a log record (collective), `seconds` since the previous record."""
+
+    def state_dict(self) -> dict:
+        """This rank's state to checkpoint (e.g. the data position)."""
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def export(self, weights: dict[str, torch.Tensor], folder: Path) -> None:
+        """Rank 0: write the usable model folder (e.g. `save_dit`) from a state dict."""
+
+
+def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """A trainer's command line: --config YAML and repeatable --set key.path=value overrides."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="YAML file (only what differs from the defaults)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="typed override, e.g. train.max_steps=10 (repeatable)")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by deepspeed
+    return p.parse_args(argv)
+
+
+@dataclass
+class Session:
+    rank: int
+    local_rank: int
+    world: int
+    device: torch.device
+    out: Path
+
+
+def start(cfg: TrainConfig, ds: DeepSpeedConfig) -> Session:
+    """Join (or make) the process group, log to `<output_dir>/train.log` (rank 0), seed every RNG: the
+    model is initialised identically on every rank; python's and numpy's streams differ per rank."""
+    rank, local_rank, world = init_distributed(ds.cpu_shm_comm)
+    out = Path(cfg.output_dir)
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(out / "train.log"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, handlers=handlers, force=True,
+                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+    random.seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed)
+    return Session(rank, local_rank, world, device_for(local_rank), out)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The folder `<output_dir>/checkpoints/latest` names, or None."""
+    root = Path(output_dir) / CHECKPOINTS
+    if not (root / LATEST).is_file():
+        return None
+    return root / (root / LATEST).read_text().strip()
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class _Run:
+    task: Task
+    engine: Any
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: EMA | None
+    cfg: TrainConfig
+    ds: DeepSpeedConfig
+    session: Session
+    export_name: str
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The exported weights (collective): the EMA's where there is one, else the live model's."""
+        module = self.engine.module
+        with gathered(module, self.ds.zero_stage):
+            state = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+        if self.ema is not None:
+            state.update({k: v.cpu().clone() for k, v in self.ema.shadow.items()})
+        return state
+
+    def save(self, step: int) -> Path:
+        root = self.session.out / CHECKPOINTS
+        rank, tag = self.session.rank, f"step{step:08d}"
+        tmp = root / f".{tag}.tmp"
+        if rank == 0 and tmp.exists():
+            shutil.rmtree(tmp)  # what a killed save left
+        barrier()
+        self.engine.save_checkpoint(str(root), tag=tmp.name, client_state={"step": step}, save_latest=False)
+        torch.save({**self.task.state_dict(), "rng": rng_state()}, tmp / f"extra_rank{rank:05d}.pt")
+        weights = self.weights()
+        if rank == 0:
+            if self.ema is not None:
+                torch.save(self.ema.state_dict(), tmp / "ema_state.pt")
+            self.task.export(weights, tmp / self.export_name)
+        barrier()
+        if rank == 0:
+            if (root / tag).exists():  # complete but never made current: a save killed before `latest`
+                shutil.rmtree(root / tag)
+            os.replace(tmp, root / tag)
+            _write_text(root / LATEST, tag)  # the commit point
+            self.task.export(weights, self.session.out / self.export_name)
+            tags = sorted(p.name for p in root.glob("step*") if p.is_dir())
+            for old in tags[: -self.cfg.keep_checkpoints]:
+                if old != tag:
+                    shutil.rmtree(root / old, ignore_errors=True)
+            log.info("saved checkpoint %s", root / tag)
+        barrier()
+        return root / tag
+
+    def resume(self, folder: Path) -> int:
+        """Restore model, optimizer, schedule, EMA, task state and RNG from `folder` -> its step."""
+        _, client = self.engine.load_checkpoint(str(folder.parent), tag=folder.name)
+        extra = torch.load(folder / f"extra_rank{self.session.rank:05d}.pt", weights_only=False)
+        set_rng_state(extra.pop("rng"))
+        self.task.load_state_dict(extra)
+        if self.ema is not None:
+            self.ema.load_state_dict(torch.load(folder / "ema_state.pt", weights_only=True))
+        step = int(client["step"])
+        self.scheduler.base_lrs = [self.cfg.lr] * len(self.scheduler.base_lrs)  # the config's lr wins
+        for group in self.scheduler.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * lr_factor(self.scheduler.last_epoch, self.cfg)
+        log.info("resumed from %s at step %d (model, optimizer, EMA, data position, RNG restored)", folder,
+                 step)
+        return step
+
+
+def _reduce_logs(sums: dict[str, float], count: int, device) -> dict[str, float]:
+    """Micro-step sums -> means over micro-steps and ranks (one all-reduce)."""
+    import torch.distributed as dist
+
+    keys = sorted(sums)
+    values = torch.tensor([sums[k] / max(1, count) for k in keys], dtype=torch.float64, device=device)
+    if dist.is_initialized() and keys:
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return dict(zip(keys, values.tolist()))
+
+
+@dataclass
+class Result:
+    records: list[dict]  # the logged records
+    weights: dict[str, torch.Tensor]  # the exported weights at the end (EMA's where there is one)
+    step: int
+
+
+def train(task: Task, model: nn.Module, cfg: TrainConfig, ds: DeepSpeedConfig, session: Session,
+          run_config: dict, export_name: str) -> Result:
+    """Train `model` on `task` from step 0, or from `<output_dir>/checkpoints/latest` -> Result.
+
+    Builds AdamW over the parameters that require grad, the `lr_factor` schedule, the EMA and the
+    DeepSpeed engine; writes `run_config` to `<output_dir>/config.json`, records to `metrics.jsonl` and
+    tensorboard (`tb/`), and a checkpoint every `save_every` steps and at the end. A micro-step whose loss
+    is not finite on any rank is skipped by all of them (no update) and counted.
+    """
+    import deepspeed
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    rank, out = session.rank, session.out
+    folder = latest_checkpoint(out) if cfg.resume else None
+    if cfg.init_from and folder is None:
+        task.init_from(model, cfg.init_from)
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(ds, session.world))
+    run = _Run(task, engine, scheduler, ema, cfg, ds, session, export_name)
+    step = run.resume(folder) if folder is not None else 0
+    if rank == 0:
+        _write_text(out / "config.json", json.dumps(run_config, indent=2))
+        log.info("world size %d, ZeRO stage %d, %s, %.2fM parameters (%.2fM trained)", session.world,
+                 ds.zero_stage, ds.precision, sum(p.numel() for p in model.parameters()) / 1e6,
+                 sum(p.numel() for p in params) / 1e6)
+    writer = SummaryWriter(str(out / "tb")) if rank == 0 else None
+    metrics = open(out / "metrics.jsonl", "a") if rank == 0 else None
+    last = cfg.last_step
+    bar = tqdm(total=last, initial=step, disable=rank != 0, desc="train")
+    records, nan_skips, t0 = [], 0, time.time()
+    while step < last:
+        sums: dict[str, float] = {}
+        done = attempt = 0
+        while done < ds.grad_accum:  # one optimizer step = grad_accum micro-steps per rank
+            gen = step_generator(cfg.seed, rank, step, attempt)
+            attempt += 1
+            loss, logs = task.loss(engine, step, gen)
+            if any_rank(not bool(torch.isfinite(loss)), session.device):  # all ranks skip together
+                nan_skips += 1
+                log.warning("non-finite loss at step %d (rank-local %s): micro-step skipped, no update",
+                            step, loss.item())
+                continue
+            engine.backward(loss)
+            engine.step()
+            for k, v in {"loss": loss.item(), **logs}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            done += 1
+        step += 1
+        if ema is not None:
+            with gathered(engine.module, ds.zero_stage):
+                ema.update(engine.module)
+        task.after_step(step, run.weights)
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == last:
+            now = time.time()
+            rec = {"step": step, **_reduce_logs(sums, done, session.device),
+                   "lr": float(optimizer.param_groups[0]["lr"]), "nan_skips": nan_skips,
+                   "sec_per_step": (now - t0) / cfg.log_every, **task.log_fields(now - t0)}
+            t0 = now
+            records.append(rec)
+            if rank == 0:
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+                log.info("step %d %s", step, " ".join(f"{k} {v:.4g}" for k, v in rec.items()
+                                                       if k != "step" and isinstance(v, (int, float))))
+                metrics.write(json.dumps(rec) + "\n")
+                metrics.flush()
+                for k, v in rec.items():
+                    if k != "step" and isinstance(v, (int, float)):
+                        writer.add_scalar(f"train/{k}", v, step)
+        if (cfg.save_every and step % cfg.save_every == 0) or step == last:
+            run.save(step)
+    bar.close()
+    weights = run.weights()
+    if rank == 0:
+        writer.close()
+        metrics.close()
+        log.info("done at step %d; non-finite losses skipped %d; weights in %s", step, nan_skips,
+                 out / export_name)
+    return Result(records, weights, step)
