@@ -73,3 +73,33 @@ def test_the_ceiling_encodes_the_ground_truth_with_the_vae(tiny_dit_ckpt):
     z = prompt_following.vae_latent(truth, vae, (2, 2, 3))
     expected = vae.encode(torch.from_numpy(truth).permute(3, 0, 1, 2)[None].float() / 127.5 - 1)[0]
     torch.testing.assert_close(z, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_matrix_reports_each_shape_with_intervals_and_the_pooled_line(tiny_dit_ckpt, tmp_path):
+    lines = prompt_following.main(["--dit", str(tiny_dit_ckpt), "--seeds", "7", "--matrix", "5x16x24:3",
+                                   "1x24x16:2", "--out", str(tmp_path / "clips")])
+    assert [x["cell"] for x in lines] == ["5x16x24", "1x24x16", "pooled"]
+    assert [x["clips"] for x in lines] == [3, 2, 5]
+    still, pooled = lines[1], lines[2]
+    assert still["motion"] is None and still["motion_n"] == 0  # no motion on a single frame
+    assert pooled["motion_n"] == 3 and pooled["colour_n"] == 5
+    for line in lines:
+        lo, hi = line["colour_ci"]
+        assert 0 <= lo <= line["colour"] <= hi <= 100
+        assert set(line["ceiling"]) >= {"colour", "shape", "motion", "all", "heldout_all"}
+    names = {json.loads(x)["path"] for x in (tmp_path / "clips" / "manifest.jsonl").read_text().splitlines()}
+    assert names == {f"5x16x24-7-{i:04d}.mp4" for i in range(3)} | {f"1x24x16-7-{i:04d}.mp4" for i in range(2)}
+
+
+def test_wilson_interval_and_bad_cells():
+    assert prompt_following.wilson(0, 10)[0] == 0.0 and prompt_following.wilson(10, 10)[1] == 100.0
+    lo, hi = prompt_following.wilson(45, 60)
+    assert 62 < lo < 64 and 84 < hi < 86  # 75% of 60: [62.8, 84.2]
+    assert prompt_following.parse_cell("64x720x1280:3") == (64, 720, 1280, 3)
+    for bad in ("64x720:3", "17x128x128", "0x128x128:2"):
+        try:
+            prompt_following.parse_cell(bad)
+        except ValueError as e:
+            assert bad in str(e)
+        else:
+            raise AssertionError(f"{bad} accepted")

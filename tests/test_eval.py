@@ -58,6 +58,13 @@ def test_blobs_count_one_object_and_speckle():
     assert analyse_clip(speckle)["blobs"] >= 20
 
 
+def test_a_single_frame_is_scored_without_motion():
+    rng = np.random.default_rng(4)
+    spec = sample_spec(rng, ("blue", "circle", "left"), "navy", [(96, 96)], [1])
+    report = score_clips([(render_clip(spec), "a blue ball rolls to the left on a navy background")])
+    assert report["all"]["motion"] is None and report["all"]["all"] == 1.0
+
+
 def test_blank_clip_scores_nothing():
     blank = np.zeros((9, 48, 48, 3), np.uint8)
     measured = analyse_clip(blank)

@@ -177,7 +177,8 @@ def score_clips(items: list[tuple[np.ndarray, str]]) -> dict:
     """Score (frames uint8 (F, H, W, 3), prompt) pairs -> {"all", "heldout", "seen": acc, "clips": [...]}.
 
     acc = {"n", "colour", "shape", "motion", "background", "all"}; an attribute the prompt does not
-    name is not scored, and "all" (colour, shape and motion right) only where all three are named.
+    name is not scored, and "all" (colour, shape and motion right) only where all three are named. A
+    single frame (an image) shows no motion: its motion is not scored and its "all" is colour and shape.
     """
     held = set(heldout_combos())
     results = []
@@ -185,7 +186,10 @@ def score_clips(items: list[tuple[np.ndarray, str]]) -> dict:
         intent = parse_prompt(prompt)
         measured = analyse_clip(frames)
         correct = {k: (None if intent[k] is None else measured[k] == intent[k]) for k in ATTRIBUTES}
-        triple = [correct[k] for k in ("colour", "shape", "motion")]
+        still = frames.shape[0] < 2
+        if still:
+            correct["motion"] = None
+        triple = [correct[k] for k in (("colour", "shape") if still else ("colour", "shape", "motion"))]
         correct["all"] = None if None in triple else all(triple)
         combo = (intent["colour"], intent["shape"], intent["motion"])
         results.append({"prompt": prompt, "intent": intent, "measured": measured, "correct": correct,
