@@ -88,7 +88,8 @@ def test_matrix_reports_each_shape_with_intervals_and_the_pooled_line(tiny_dit_c
         assert 0 <= lo <= line["colour"] <= hi <= 100
         assert set(line["ceiling"]) >= {"colour", "shape", "motion", "all", "heldout_all"}
     names = {json.loads(x)["path"] for x in (tmp_path / "clips" / "manifest.jsonl").read_text().splitlines()}
-    assert names == {f"5x16x24-7-{i:04d}.mp4" for i in range(3)} | {f"1x24x16-7-{i:04d}.mp4" for i in range(2)}
+    expected = {f"5x16x24-7-{i:04d}.mp4" for i in range(3)} | {f"1x24x16-7-{i:04d}.mp4" for i in range(2)}
+    assert names == expected
 
 
 def test_wilson_interval_and_bad_cells():
