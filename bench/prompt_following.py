@@ -23,9 +23,9 @@ the summary of all generated clips (`"source": "generated"`).
 `--matrix [FxHxW:N ...]` measures one model at every shape: N prompts (cycling through the evaluation set,
 a different slice per shape) at F frames of H x W each, generated and ceiling alike, with seed base
 `--seeds`' first. One line per shape (`"source": "matrix"`, `"cell": "FxHxW"`) with colour, shape,
-motion, all three and held-out all three, each with its 95% (Wilson) interval, the ceiling's figures and the median count of
-separate foreground blobs (1 for a clean clip), then the pooled line (`"cell": "pooled"`) the goals are
-judged on. Motion is not scored on single frames. The default matrix is MATRIX below.
+motion, all three and held-out all three, each with its 95% (Wilson) interval, the ceiling's figures and
+the median count of separate foreground blobs (1 for a clean clip), then the pooled line (`"cell":
+"pooled"`) the goals are judged on. Motion is not scored on single frames. The default matrix is MATRIX.
 """
 
 from __future__ import annotations
