@@ -523,6 +523,16 @@ class VideoDiT(nn.Module):
         out = self.forward_packed(packed, timesteps, skip_blocks)
         return [z.to(latents[0].dtype) for z in unpack(packed, out, self.config.in_channels)]
 
+    @classmethod
+    def from_pretrained(
+        cls, path, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> VideoDiT:
+        """Load our checkpoint folders, diffusers Wan transformer or pipeline folders, or the original Wan
+        layout, dispatching on the folder's config (see videodit.pretrained)."""
+        from videodit.pretrained import load_pretrained
+
+        return load_pretrained(path, device, dtype)
+
     def forward(self, packed: PackedBatch, timesteps: torch.Tensor) -> torch.Tensor:
         """Same as `forward_packed` (so DeepSpeed/DDP wrappers can call the module)."""
         return self.forward_packed(packed, timesteps)
