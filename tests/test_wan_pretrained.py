@@ -10,30 +10,15 @@ import torch
 from diffusers import WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 from safetensors.torch import save_file
+from wan_tiny import WAN21, WAN22_TI2V, diffusers_transformer
 
 from videodit.checkpoint import save_dit
 from videodit.model import DiTConfig, VideoDiT
 from videodit.wan_diffusers import save_diffusers_transformer, wan_dit_config
 
-# Tiny stand-ins of the two supported families: Wan2.1 T2V (16 latent channels) and Wan2.2 TI2V-5B
-# (48 latent channels); real widths are 1536-5120, these keep the structure at test size.
-WAN21 = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
-             out_channels=16, text_dim=32, freq_dim=32, ffn_dim=40, num_layers=2)
-WAN22_TI2V = dict(WAN21, in_channels=48, out_channels=48, num_attention_heads=3, attention_head_dim=8)
-
 SHAPES = [(3, 6, 8), (1, 4, 4), (2, 10, 6), (3, 6, 8), (1, 2, 12)]  # latent (T, h, w); two repeat
 TEXT_LENS = [7, 3, 32, 5, 1]
 TIMESTEPS = [999, 1, 500, 731, 0]  # diffusers' integer timesteps
-
-
-def _diffusers_model(config: dict, seed: int = 0) -> WanTransformer3DModel:
-    """A random WanTransformer3DModel with every parameter perturbed (so no table or bias is trivially 0)."""
-    torch.manual_seed(seed)
-    model = WanTransformer3DModel(**config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model
 
 
 def _inputs(config: dict, seed: int = 1):
@@ -59,7 +44,7 @@ def _assert_matches_diffusers(ours: VideoDiT, ref: WanTransformer3DModel, config
 
 @pytest.mark.parametrize("config", [WAN21, WAN22_TI2V], ids=["wan2.1-t2v", "wan2.2-ti2v"])
 def test_packed_forward_equals_diffusers_per_sample(tmp_path, config):
-    ref = _diffusers_model(config)
+    ref = diffusers_transformer(config)
     ref.save_pretrained(tmp_path / "transformer")
     ours = VideoDiT.from_pretrained(tmp_path / "transformer")
     assert ours.config.in_channels == config["in_channels"] and not ours.training
@@ -67,7 +52,7 @@ def test_packed_forward_equals_diffusers_per_sample(tmp_path, config):
 
 
 def test_sharded_folder_with_index_loads_the_same_weights(tmp_path):
-    ref = _diffusers_model(WAN21)
+    ref = diffusers_transformer(WAN21)
     ref.save_pretrained(tmp_path / "single")
     ref.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
     assert (tmp_path / "sharded" / "diffusion_pytorch_model.safetensors.index.json").is_file()
@@ -103,7 +88,7 @@ def _to_original_keys(state: dict) -> dict:
 
 
 def test_original_wan_layout_loads_and_matches_diffusers(tmp_path):
-    ref = _diffusers_model(WAN21)
+    ref = diffusers_transformer(WAN21)
     theirs = {k: v.clone() for k, v in ref.state_dict().items()}
     original = _to_original_keys(theirs)
     # the test's inverse is exact: diffusers' own conversion takes it back to diffusers' names
@@ -127,7 +112,7 @@ def test_original_wan_layout_loads_and_matches_diffusers(tmp_path):
 
 
 def test_export_as_diffusers_folder_round_trips(tmp_path):
-    ref = _diffusers_model(WAN22_TI2V)
+    ref = diffusers_transformer(WAN22_TI2V)
     ref.save_pretrained(tmp_path / "in")
     ours = VideoDiT.from_pretrained(tmp_path / "in")
     with torch.no_grad():  # a "fine-tune": new weights everywhere
