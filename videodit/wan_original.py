@@ -75,7 +75,8 @@ def diffusers_config(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _rename(key: str) -> str:
+def rename_key(key: str) -> str:
+    """One original Wan key -> its WanTransformer3DModel name; ValueError for a key of no T2V layout."""
     for prefix in PREFIXES:
         if key.startswith(prefix):
             key = key[len(prefix):]
@@ -100,7 +101,7 @@ def to_diffusers_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.T
     """Original Wan2.1 / Wan2.2 transformer state dict -> WanTransformer3DModel names (tensors unchanged)."""
     out = {}
     for key, value in state.items():
-        new = _rename(key)
+        new = rename_key(key)
         if new in out:
             raise ValueError(f"two keys of the Wan checkpoint map to {new!r}")
         out[new] = value
