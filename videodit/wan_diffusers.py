@@ -185,8 +185,10 @@ def _patch_out_rows(x: torch.Tensor, cfg: DiTConfig, to_ours: bool) -> torch.Ten
 def to_videodit_state_dict(state: dict[str, torch.Tensor], cfg: DiTConfig) -> dict[str, torch.Tensor]:
     """A WanTransformer3DModel state dict -> VideoDiT's (for `cfg = wan_dit_config(...)`).
 
-    Raises ValueError naming missing or unexpected keys."""
-    state = {k: v for k, v in state.items() if not any(s in k for s in IGNORED_KEYS)}
+    Consumes `state`: each entry is removed as it is converted, so a large checkpoint is not held twice.
+    Raises ValueError naming missing or unexpected keys before converting anything."""
+    for key in [k for k in state if any(s in k for s in IGNORED_KEYS)]:
+        del state[key]
     plan = _plan(cfg)
     needed = {k for _, theirs, _ in plan for k in theirs}
     missing, unexpected = sorted(needed - set(state)), sorted(set(state) - needed)
@@ -196,7 +198,7 @@ def to_videodit_state_dict(state: dict[str, torch.Tensor], cfg: DiTConfig) -> di
                          f"{' ...' if len(unexpected) > 5 else ''}")
     out = {}
     for ours, theirs, how in plan:
-        parts = [state[k] for k in theirs]
+        parts = [state.pop(k) for k in theirs]
         if how == "stack":
             out[ours] = torch.cat(parts)
         elif how == "patch_in":
