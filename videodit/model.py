@@ -7,6 +7,9 @@ One forward runs on a `PackedBatch`: all samples' tokens back to back in one `(N
 - Self-attention (RMS QK-norm, 3D RoPE) stays inside a sample; cross-attention goes from a sample's video
   tokens to that sample's text tokens only. A sample with no text (dropped for CFG) attends to a learned
   null text token.
+- DiTConfig's architecture options (`modulation`, `text_pooling`, `null_text`, `qk_norm`, `ffn_dim`) express
+  Wan2.1/Wan2.2's DiT, whose weights videodit.wan_diffusers maps onto this model; the 3D RoPE (axis split
+  and interleaved pair rotation) is already Wan's.
 - adaLN, the cross-attention output and the final layer are zero-initialised: a fresh model predicts 0
   and every block starts as the identity.
 - Norms, RoPE, the timestep embedding and text pooling run in fp32, so the model is bf16-safe.
@@ -55,6 +58,17 @@ class DiTConfig:
     prediction: Literal["velocity", "x0"] = "velocity"
     frequency_embedding_size: int = 256  # sinusoidal timestep features before the timestep MLP
     norm_eps: float = 1e-6
+    # Architecture options that express Wan2.1/Wan2.2's DiT (videodit.wan_diffusers maps its weights onto
+    # them); the defaults are this project's own architecture.
+    # "per_block": each block maps the conditioning vector through its own SiLU + Linear to 6 D (adaLN-zero).
+    # "shared": one SiLU + Linear of the timestep embedding to 6 D serves every block, each block adds its
+    # own learned (6, D) table, and the final layer adds a learned (2, D) table to the timestep embedding.
+    modulation: Literal["per_block", "shared"] = "per_block"
+    text_pooling: bool = True  # add the mean projected text token to the timestep embedding
+    null_text: bool = True  # a sample without text tokens attends to a learned null token
+    # RMS QK-norm over each head's dh channels, or over all D channels before the head split.
+    qk_norm: Literal["per_head", "across_heads"] = "per_head"
+    ffn_dim: int = 0  # MLP hidden width; 0 = mlp_ratio * D
 
     def __post_init__(self):
         for name in (
@@ -80,11 +94,22 @@ class DiTConfig:
             raise ValueError(f"prediction must be 'velocity' or 'x0', got {self.prediction!r}")
         if self.attention not in BACKENDS:
             raise ValueError(f"attention must be one of {list(BACKENDS)}, got {self.attention!r}")
+        if self.modulation not in ("per_block", "shared"):
+            raise ValueError(f"modulation must be 'per_block' or 'shared', got {self.modulation!r}")
+        if self.qk_norm not in ("per_head", "across_heads"):
+            raise ValueError(f"qk_norm must be 'per_head' or 'across_heads', got {self.qk_norm!r}")
+        if self.ffn_dim < 0:
+            raise ValueError(f"ffn_dim must be >= 0 (0 = mlp_ratio * hidden_size), got {self.ffn_dim}")
 
     @property
     def patch_dim(self) -> int:
         """D_in: channels of one patch token, c * pt * ph * pw."""
         return self.in_channels * math.prod(self.patch)
+
+    @property
+    def mlp_width(self) -> int:
+        """Hidden width of each block's MLP."""
+        return self.ffn_dim or int(self.hidden_size * self.mlp_ratio)
 
 
 # Model sizes (hidden_size, depth, num_heads). Parameter counts with the defaults in_channels=16,
@@ -163,7 +188,10 @@ class RMSNorm(nn.Module):
 
 
 class TimestepEmbedder(nn.Module):
-    """t in [0, 1] `(S,)` -> `(S, D)`: sinusoidal features of 1000 t, then an MLP."""
+    """t in [0, 1] `(S,)` -> `(S, D)`: sinusoidal features of 1000 t, then an MLP.
+
+    1000 t is formed in float64 and rounded once to float32 (for float32 t that is the float32 product), so a
+    float64 t = k / 1000 gives exactly the integer timestep k that diffusers' Wan models are fed."""
 
     def __init__(self, hidden_size: int, freq_dim: int):
         super().__init__()
@@ -177,7 +205,7 @@ class TimestepEmbedder(nn.Module):
         freqs = torch.exp(
             -math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half
         )
-        args = 1000.0 * t.float()[:, None] * freqs[None]  # (S, half)
+        args = (1000.0 * t.double()).float()[:, None] * freqs[None]  # (S, half)
         emb = torch.cat([args.cos(), args.sin(), args.new_zeros(t.shape[0], self.freq_dim % 2)], dim=-1)
         return self.mlp(emb.to(self.mlp[0].weight.dtype))  # (S, D)
 
@@ -199,18 +227,36 @@ class _Segments:
     ctx_seqlens: list[int]  # text tokens per sample
 
 
+def qk_norms(cfg: DiTConfig) -> tuple[RMSNorm, RMSNorm]:
+    """RMS norms for q and k: over each head's dh channels, or over all D channels ("across_heads")."""
+    width = cfg.hidden_size if cfg.qk_norm == "across_heads" else cfg.hidden_size // cfg.num_heads
+    return RMSNorm(width, cfg.norm_eps), RMSNorm(width, cfg.norm_eps)
+
+
+def norm_split_heads(
+    x: torch.Tensor, norm: RMSNorm, num_heads: int, across_heads: bool
+) -> torch.Tensor:
+    """q or k `(L, D)` -> RMS-normalised heads `(L, nh, dh)`, normalised before or after the head split."""
+    if across_heads:
+        return rearrange(norm(x), "l (nh dh) -> l nh dh", nh=num_heads)
+    return norm(rearrange(x, "l (nh dh) -> l nh dh", nh=num_heads))
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         D, self.nh = cfg.hidden_size, cfg.num_heads
+        self.across = cfg.qk_norm == "across_heads"
         self.qkv = nn.Linear(D, 3 * D)
-        self.q_norm, self.k_norm = RMSNorm(D // self.nh, cfg.norm_eps), RMSNorm(D // self.nh, cfg.norm_eps)
+        self.q_norm, self.k_norm = qk_norms(cfg)
         self.proj = nn.Linear(D, D)
 
     def forward(self, x: torch.Tensor, seg: _Segments) -> torch.Tensor:
-        q, k, v = rearrange(self.qkv(x), "n (three nh dh) -> three n nh dh", three=3, nh=self.nh)
-        q = apply_rope(self.q_norm(q), seg.cos, seg.sin)  # (N, nh, dh)
-        k = apply_rope(self.k_norm(k), seg.cos, seg.sin)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # (N, D) each
+        q = norm_split_heads(q, self.q_norm, self.nh, self.across)  # (N, nh, dh)
+        k = norm_split_heads(k, self.k_norm, self.nh, self.across)
+        q, k = apply_rope(q, seg.cos, seg.sin), apply_rope(k, seg.cos, seg.sin)
+        v = rearrange(v, "n (nh dh) -> n nh dh", nh=self.nh)
         o = attention(q, k, v, seg.cu, seg.cu, seg.max_len, seg.max_len, seg.backend,
                       (seg.seqlens, seg.seqlens))  # (N, nh, dh)
         return self.proj(rearrange(o, "n nh dh -> n (nh dh)"))
@@ -220,15 +266,18 @@ class CrossAttention(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         D, self.nh = cfg.hidden_size, cfg.num_heads
+        self.across = cfg.qk_norm == "across_heads"
         self.q = nn.Linear(D, D)
         self.kv = nn.Linear(D, 2 * D)
-        self.q_norm, self.k_norm = RMSNorm(D // self.nh, cfg.norm_eps), RMSNorm(D // self.nh, cfg.norm_eps)
+        self.q_norm, self.k_norm = qk_norms(cfg)
         self.proj = nn.Linear(D, D)
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor, seg: _Segments) -> torch.Tensor:
-        q = self.q_norm(rearrange(self.q(x), "n (nh dh) -> n nh dh", nh=self.nh))  # (N, nh, dh)
-        k, v = rearrange(self.kv(ctx), "m (two nh dh) -> two m nh dh", two=2, nh=self.nh)  # (M, nh, dh)
-        o = attention(q, self.k_norm(k), v, seg.cu, seg.ctx_cu, seg.max_len, seg.ctx_max_len, seg.backend,
+        q = norm_split_heads(self.q(x), self.q_norm, self.nh, self.across)  # (N, nh, dh)
+        k, v = self.kv(ctx).chunk(2, dim=-1)  # (M, D) each
+        k = norm_split_heads(k, self.k_norm, self.nh, self.across)  # (M, nh, dh)
+        v = rearrange(v, "m (nh dh) -> m nh dh", nh=self.nh)
+        o = attention(q, k, v, seg.cu, seg.ctx_cu, seg.max_len, seg.ctx_max_len, seg.backend,
                       (seg.seqlens, seg.ctx_seqlens))
         return self.proj(rearrange(o, "n nh dh -> n (nh dh)"))
 
@@ -242,12 +291,22 @@ class DiTBlock(nn.Module):
         self.attn = SelfAttention(cfg)
         self.norm_cross = nn.LayerNorm(D, eps=cfg.norm_eps)
         self.cross = CrossAttention(cfg)
-        hidden = int(D * cfg.mlp_ratio)
+        hidden = cfg.mlp_width
         self.mlp = nn.Sequential(nn.Linear(D, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, D))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
+        self.shared = cfg.modulation == "shared"
+        if self.shared:
+            self.modulation = nn.Parameter(torch.zeros(6, D))  # added to the model's shared projection
+        else:
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, ctx: torch.Tensor, seg: _Segments) -> torch.Tensor:
-        mod = self.adaLN_modulation(c)[seg.mod_id]  # (U, 6D) -> per token (N, 6D)
+        """`c`: one conditioning row per (sample, timestep) `(U, D)`; in "shared" modulation the shared
+        projection `(U, 6D)`. `seg.mod_id` picks each token's row."""
+        if self.shared:
+            mod = (c.float() + self.modulation.float().flatten()).to(x.dtype)  # (U, 6D)
+        else:
+            mod = self.adaLN_modulation(c)  # (U, 6D)
+        mod = mod[seg.mod_id]  # per token (N, 6D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)  # (N, D) each
         x = x + gate_msa * self.attn(modulate(layer_norm(x, self.eps), shift_msa, scale_msa), seg)
         x = x + self.cross(layer_norm_affine(self.norm_cross, x), ctx, seg)
@@ -259,11 +318,19 @@ class FinalLayer(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         D, self.eps = cfg.hidden_size, cfg.norm_eps
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
+        self.shared = cfg.modulation == "shared"
+        if self.shared:
+            self.modulation = nn.Parameter(torch.zeros(2, D))  # added to the timestep embedding itself
+        else:
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
         self.linear = nn.Linear(D, cfg.patch_dim)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, mod_id: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c)[mod_id].chunk(2, dim=-1)  # (N, D) each
+        if self.shared:
+            mod = (c.float().repeat(1, 2) + self.modulation.float().flatten()).to(x.dtype)  # (U, 2D)
+        else:
+            mod = self.adaLN_modulation(c)  # (U, 2D)
+        shift, scale = mod[mod_id].chunk(2, dim=-1)  # (N, D) each
         return self.linear(modulate(layer_norm(x, self.eps), shift, scale))  # (N, D_in)
 
 
@@ -277,13 +344,18 @@ class VideoDiT(nn.Module):
         self.text_proj = nn.Sequential(
             nn.Linear(cfg.text_dim, D), nn.GELU(approximate="tanh"), nn.Linear(D, D)
         )
-        self.null_text = nn.Parameter(torch.zeros(1, D))  # context of a sample whose text was dropped
+        if cfg.modulation == "shared":  # timestep embedding -> the 6 modulation vectors every block adds to
+            self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
+        if cfg.null_text:
+            self.null_text = nn.Parameter(torch.zeros(1, D))  # context of a sample whose text was dropped
         self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.depth)])
         self.final_layer = FinalLayer(cfg)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """Xavier linears, small-normal embeddings; zeros for adaLN, cross-attention out, final layer."""
+        """Xavier linears, small-normal embeddings; zeros for adaLN, cross-attention out, final layer.
+
+        In "shared" modulation the shared projection and the tables start at zero (adaLN-zero as well)."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -291,21 +363,28 @@ class VideoDiT(nn.Module):
                     nn.init.zeros_(m.bias)
         for lin in (self.t_embedder.mlp[0], self.t_embedder.mlp[2], self.text_proj[0], self.text_proj[2]):
             nn.init.normal_(lin.weight, std=0.02)
-        nn.init.normal_(self.null_text, std=0.02)
+        if self.config.null_text:
+            nn.init.normal_(self.null_text, std=0.02)
+        shared = self.config.modulation == "shared"
+        zeroed = [self.time_proj[-1]] if shared else []
         for block in self.blocks:
-            for lin in (block.adaLN_modulation[-1], block.cross.proj):
-                nn.init.zeros_(lin.weight)
-                nn.init.zeros_(lin.bias)
-        for lin in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+            zeroed += [block.cross.proj] if shared else [block.adaLN_modulation[-1], block.cross.proj]
+        zeroed += [self.final_layer.linear] if shared else [self.final_layer.adaLN_modulation[-1],
+                                                             self.final_layer.linear]
+        for lin in zeroed:
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
     def _text_context(self, packed: PackedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """Projected text `(M, D)`, its sample ids `(M,)`, cu_seqlens and max length.
 
-        A sample without text tokens gets the learned null token instead."""
+        A sample without text tokens gets the learned null token instead (with `null_text` off it attends
+        to nothing: its cross-attention adds only the output bias)."""
         dtype = self.x_embedder.weight.dtype
         txt = self.text_proj(packed.text.to(dtype))  # (N_text, D)
+        if not self.config.null_text:
+            cu = packed.text_cu_seqlens.to(txt.device)
+            return txt, packed.text_sample_id.to(txt.device), cu.to(torch.int32), packed.text_max_seqlen
         cu = packed.text_cu_seqlens.to(txt.device).long()
         lens = torch.diff(cu)  # (S,)
         empty = (lens == 0).nonzero().flatten()  # samples with no text
@@ -384,17 +463,25 @@ class VideoDiT(nn.Module):
         x = self.x_embedder(packed.tokens.to(device=device, dtype=dtype))  # (N, D)
         sample_id = packed.sample_id.to(device)
         ctx, ctx_sid, ctx_cu, ctx_max = self._text_context(packed)  # (M, D)
-        pooled = torch.zeros(packed.num_samples, cfg.hidden_size, device=device).index_add_(
-            0, ctx_sid, ctx.float()
-        )
-        pooled = pooled / torch.diff(ctx_cu).clamp(min=1)[:, None].float()  # (S, D) mean text token
+        pooled = None
+        if cfg.text_pooling:
+            pooled = torch.zeros(packed.num_samples, cfg.hidden_size, device=device).index_add_(
+                0, ctx_sid, ctx.float()
+            )
+            pooled = pooled / torch.diff(ctx_cu).clamp(min=1)[:, None].float()  # (S, D) mean text token
         if token_timesteps is None:
-            c = (self.t_embedder(timesteps.to(device)).float() + pooled).to(dtype)  # (S, D)
+            c = self.t_embedder(timesteps.to(device)).float()  # (S, D)
             mod_id = sample_id
+            rows = torch.arange(packed.num_samples, device=device)
         else:  # one row of c per distinct (sample, timestep) pair
             pairs = torch.stack([sample_id.double(), token_timesteps.to(device).double()], dim=1)  # (N, 2)
             distinct, mod_id = torch.unique(pairs, dim=0, return_inverse=True)  # (U, 2), (N,)
-            c = (self.t_embedder(distinct[:, 1].float()).float() + pooled[distinct[:, 0].long()]).to(dtype)
+            c = self.t_embedder(distinct[:, 1]).float()  # (U, D)
+            rows = distinct[:, 0].long()  # (U,) the sample of each row
+        if pooled is not None:
+            c = c + pooled[rows]  # (U, D) + the sample's mean text token
+        c = c.to(dtype)
+        block_c = self.time_proj(c) if cfg.modulation == "shared" else c  # (U, 6D) or (U, D)
         pos = packed.pos.to(device)
         if cfg.rope == "fractional":
             pos = fractional_positions(pos, sample_id, packed.grids, cfg.rope_ref_grid)
@@ -414,9 +501,9 @@ class VideoDiT(nn.Module):
         )
         for index, block in enumerate(self.blocks):
             if cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
-                y = torch.utils.checkpoint.checkpoint(block, x, c, ctx, seg, use_reentrant=False)
+                y = torch.utils.checkpoint.checkpoint(block, x, block_c, ctx, seg, use_reentrant=False)
             else:
-                y = block(x, c, ctx, seg)  # (N, D)
+                y = block(x, block_c, ctx, seg)  # (N, D)
             if skip_blocks is not None and any(index in s for s in skip_blocks):
                 skip = torch.tensor([index in s for s in skip_blocks], device=device)[sample_id]  # (N,)
                 y = torch.where(skip[:, None], x, y)
@@ -447,6 +534,16 @@ class VideoDiT(nn.Module):
         per_token = None if frame_timesteps is None else token_timesteps(packed, frame_timesteps)
         out = self.forward_packed(packed, timesteps, skip_blocks, per_token)
         return [z.to(latents[0].dtype) for z in unpack(packed, out, self.config.in_channels)]
+
+    @classmethod
+    def from_pretrained(
+        cls, path, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> VideoDiT:
+        """Load our checkpoint folders, diffusers Wan transformer or pipeline folders, or the original Wan
+        layout, dispatching on the folder's config (see videodit.pretrained)."""
+        from videodit.pretrained import load_pretrained
+
+        return load_pretrained(path, device, dtype)
 
     def forward(self, packed: PackedBatch, timesteps: torch.Tensor,
                 token_timesteps: torch.Tensor | None = None) -> torch.Tensor:

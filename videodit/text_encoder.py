@@ -61,6 +61,8 @@ class TextEncoder:
         max_length: longest token sequence kept per prompt (longer prompts are truncated). `None` picks
             min(256, the model's position limit).
         device, dtype: where and in what precision the encoder runs (default: CPU, float32).
+        tokenizer_path: a separate local tokenizer folder (a diffusers pipeline keeps `tokenizer/` apart
+            from `text_encoder/`); `None` reads the tokenizer from `name_or_path`.
     """
 
     def __init__(
@@ -69,8 +71,11 @@ class TextEncoder:
         max_length: int | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        tokenizer_path: str | Path | None = None,
     ):
         path = resolve_text_encoder_path(name_or_path)
+        if tokenizer_path is not None and not Path(tokenizer_path).is_dir():
+            raise ValueError(f"tokenizer folder {str(tokenizer_path)!r} does not exist")
         config = json.loads((path / "config.json").read_text())
         model_type = str(config.get("model_type", ""))
         text_config = (config.get("text_config") or {}) if model_type == "clip" else config
@@ -83,7 +88,9 @@ class TextEncoder:
         self.max_length = int(max_length)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype or torch.float32
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(
+            tokenizer_path or path, local_files_only=True
+        )
         model_cls = _model_class(model_type)
         self.model = model_cls.from_pretrained(path, local_files_only=True, dtype=self.dtype)
         self.model.to(self.device).eval().requires_grad_(False)
