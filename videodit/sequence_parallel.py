@@ -18,8 +18,9 @@ all-to-all's backward is the reverse all-to-all, so each token's gradient return
 Loss and gradients: `sample_means` sums per-sample partial sums over the group, so every rank holds the
 whole row's per-sample losses, and its backward is the identity, so each rank back-propagates through
 its own tokens only. The row's parameter gradient is then the SUM of the ranks' gradients
-(`sum_gradients`), never their mean. DeepSpeed with sequence parallelism reduces the same way: over all
-ranks, divided by the data-parallel size only.
+(`sum_gradients`), never their mean. A reducer that averages over every rank (DeepSpeed given no
+`mpu`, at any ZeRO stage; DDP) gets that sum when each rank back-propagates `scaled_for_mean_reducer`:
+the loss times the sequence-parallel size.
 """
 
 from __future__ import annotations
@@ -275,6 +276,13 @@ def sample_means(values: torch.Tensor, local: PackedBatch, shard: RowShard, grou
     sums = values.new_zeros(shard.num_samples).index_add(0, sample, values)  # (S,) this rank's part
     sums = _SumOverGroup.apply(sums, group) if shard.size > 1 else sums
     return sums / torch.tensor(shard.row_seqlens, device=values.device, dtype=values.dtype)
+
+
+def scaled_for_mean_reducer(loss: torch.Tensor, sequence_size: int) -> torch.Tensor:
+    """The loss to back-propagate when gradients are AVERAGED over all data x sequence ranks (DeepSpeed,
+    DDP): times `sequence_size`, so the average is the sum over each row's sequence-parallel ranks,
+    averaged over the data-parallel rows. Log the unscaled loss."""
+    return loss * sequence_size
 
 
 def sum_gradients(module: torch.nn.Module, group=None) -> None:
