@@ -31,6 +31,8 @@ def _worker(rank: int, port: int, stages: list[int], out_dir: str) -> None:
         model, packed, t, target, weights = sp_test.scenario("mixed")
         opt = torch.optim.SGD(model.parameters(), lr=sp_test.LR)
         config = deepspeed_config(DeepSpeedConfig(zero_stage=stage, grad_clip=0.0), world_size=2)
+        if stage:  # small buckets: ZeRO reduces mid-backward, between the all-to-alls of the blocks
+            config["zero_optimization"]["reduce_bucket_size"] = 2000
         engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=config)
         out, local, shard = forward_shard(engine, packed, t, rank, 2)  # the engine's forward, its hooks run
         err = (out - target[shard.start : shard.end]).pow(2).mean(dim=1)
