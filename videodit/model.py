@@ -18,7 +18,7 @@ One forward runs on a `PackedBatch`: all samples' tokens back to back in one `(N
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -210,6 +210,12 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(emb.to(self.mlp[0].weight.dtype))  # (S, D)
 
 
+# Self-attention over this forward's tokens: (q, k, v) `(N, nh, dh)` each and the backend name ->
+# `(N, nh, dh)`. Sequence parallelism passes one that attends over the whole row held across ranks
+# (videodit.sequence_parallel); the default attends within each sample of the packed batch.
+SelfAttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, str], torch.Tensor]
+
+
 @dataclass
 class _Segments:
     """Per-forward layout shared by all blocks."""
@@ -225,6 +231,7 @@ class _Segments:
     backend: str
     seqlens: list[int]  # video tokens per sample, as Python ints (read once per forward, not per layer)
     ctx_seqlens: list[int]  # text tokens per sample
+    self_attention: SelfAttentionFn | None = None  # replaces the block-diagonal self-attention call
 
 
 def qk_norms(cfg: DiTConfig) -> tuple[RMSNorm, RMSNorm]:
@@ -257,8 +264,11 @@ class SelfAttention(nn.Module):
         k = norm_split_heads(k, self.k_norm, self.nh, self.across)
         q, k = apply_rope(q, seg.cos, seg.sin), apply_rope(k, seg.cos, seg.sin)
         v = rearrange(v, "n (nh dh) -> n nh dh", nh=self.nh)
-        o = attention(q, k, v, seg.cu, seg.cu, seg.max_len, seg.max_len, seg.backend,
-                      (seg.seqlens, seg.seqlens))  # (N, nh, dh)
+        if seg.self_attention is not None:
+            o = seg.self_attention(q, k, v, seg.backend)  # (N, nh, dh)
+        else:
+            o = attention(q, k, v, seg.cu, seg.cu, seg.max_len, seg.max_len, seg.backend,
+                          (seg.seqlens, seg.seqlens))  # (N, nh, dh)
         return self.proj(rearrange(o, "n nh dh -> n (nh dh)"))
 
 
@@ -437,6 +447,7 @@ class VideoDiT(nn.Module):
         timesteps: torch.Tensor,
         skip_blocks: Sequence[frozenset[int] | set[int]] | None = None,
         token_timesteps: torch.Tensor | None = None,
+        self_attention: SelfAttentionFn | None = None,
     ) -> torch.Tensor:
         """Packed tokens `(N, D_in)`, one timestep per sample `(S,)` in [0, 1] -> predictions `(N, D_in)`.
 
@@ -445,7 +456,9 @@ class VideoDiT(nn.Module):
         timestep) and gathered per token, so its cost stays per sample. Without it, `timesteps` decide.
         `skip_blocks`, one set of block indices per sample: those blocks are identity for that sample's
         tokens (a weakened model for skip-layer guidance, see videodit.sampling). Attention never crosses
-        samples, so a sample that skips nothing gets exactly the plain forward."""
+        samples, so a sample that skips nothing gets exactly the plain forward.
+        `self_attention` replaces the self-attention call of every block (see `SelfAttentionFn`); all
+        else runs per token or per sample, so it works unchanged on a slice of a row's tokens."""
         self._check(packed, timesteps, token_timesteps)
         if skip_blocks is not None:
             if len(skip_blocks) != packed.num_samples:
@@ -498,6 +511,7 @@ class VideoDiT(nn.Module):
             backend=resolve_backend(cfg.attention, device, dtype),
             seqlens=torch.diff(packed.cu_seqlens).tolist(),
             ctx_seqlens=torch.diff(ctx_cu).tolist(),
+            self_attention=self_attention,
         )
         for index, block in enumerate(self.blocks):
             if cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
@@ -546,6 +560,8 @@ class VideoDiT(nn.Module):
         return load_pretrained(path, device, dtype)
 
     def forward(self, packed: PackedBatch, timesteps: torch.Tensor,
-                token_timesteps: torch.Tensor | None = None) -> torch.Tensor:
+                token_timesteps: torch.Tensor | None = None,
+                self_attention: SelfAttentionFn | None = None) -> torch.Tensor:
         """Same as `forward_packed` (so DeepSpeed/DDP wrappers can call the module)."""
-        return self.forward_packed(packed, timesteps, token_timesteps=token_timesteps)
+        return self.forward_packed(packed, timesteps, token_timesteps=token_timesteps,
+                                   self_attention=self_attention)

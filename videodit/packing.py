@@ -81,7 +81,9 @@ def plan_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:
         raise ValueError(f"token budget must be >= 1, got {budget}")
     for i, n in enumerate(lengths):
         if n > budget:
-            raise ValueError(f"sample {i} has {n} tokens, more than the row token budget {budget}")
+            raise ValueError(f"sample {i} has {n} tokens, more than the row token budget {budget}; a longer "
+                             f"sample needs sequence parallelism (parallel.sequence > 1 splits a row "
+                             f"across ranks)")
         if n < 0:
             raise ValueError(f"sample {i} has a negative length {n}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
