@@ -10,9 +10,15 @@ covers the size rounded up to the VAE's spatial stride, and the decoded frames a
 cover `--res` and centre-cropped, are encoded by the VAE, noised to the sampler sigma S and denoised
 from there under the prompt: S near 0 keeps the video, 1 ignores it.
 
+Conditioning (on a checkpoint with a causal tubelet; its meta lists the tasks it was trained for):
+`--image PATH` gives the first frame (an image, or a video's first frame), `--extend VIDEO` continues a
+clip: its frames at `--fps` are kept (the longest prefix whose latent frames are whole tokens) and the rest
+up to `--frames` is generated. Both are scaled to cover `--res` and centre-cropped like `--init-video`;
+the given frames are re-imposed at every step and come back as the VAE's reconstruction of them.
+
 With `--prompts-file` (JSONL: one object a line with "prompt" and optional "frames", "res", "seed",
-"negative_prompt", "init_video", "strength"), all requests, whatever their shapes, are packed into the
-same denoising forward passes, and line i is written to `{out}/{i:04d}.mp4`.
+"negative_prompt", "init_video", "strength", "image", "extend"), all requests, whatever their shapes and
+tasks, are packed into the same denoising forward passes, and line i is written to `{out}/{i:04d}.mp4`.
 
 Every argument is checked before anything heavy is imported or loaded; bad input exits with one line on
 stderr (status 2). torch, diffusers and transformers are imported only after validation, so that a typo
@@ -28,7 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from videodit.video_reader import first_frames
+from videodit.video_reader import first_frames, read_conditioning
 from videodit.video_request import (
     DEFAULT_STRENGTH,
     VideoRequest,
@@ -81,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float,
                    help=f"with --init-video: how much to change it, in (0, 1]; 1 = ignore it "
                         f"(default {DEFAULT_STRENGTH})")
+    cond = p.add_mutually_exclusive_group()
+    cond.add_argument("--image", type=Path,
+                      help="image-to-video: the first frame (an image, or a video's first frame)")
+    cond.add_argument("--extend", type=Path, help="continue this clip up to --frames, keeping its frames")
     p.add_argument("--seed", type=int, default=0, help="random seed (prompts file: seed + line index)")
     p.add_argument("--sampler", choices=SAMPLERS, help="scheduler (default: the checkpoint's, else euler)")
     p.add_argument("--ckpt", default="default", help="DiT checkpoint folder (default: the embedded model)")
@@ -155,6 +165,15 @@ def validate(args: argparse.Namespace) -> list[VideoRequest]:
         check_strength(args.strength, "--strength")
     if args.strength is not None and init is None and args.prompt is not None:
         raise ValueError("--strength needs --init-video (it says how far to move from that video)")
+    image = check_init_video(args.image, "--image") if args.image is not None else None
+    extend = check_init_video(args.extend, "--extend") if args.extend is not None else None
+    if (image or extend) and init is not None:
+        raise ValueError("--init-video cannot be combined with --image or --extend: give one")
+    if (image or extend) and args.prompts_file is not None:
+        raise ValueError("--image / --extend go with --prompt; in a prompts file give them per line "
+                         "(\"image\", \"extend\")")
+    if image is not None and args.frames < 2:
+        raise ValueError("--image gives the first frame: ask for --frames > 1")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", args.device):
         raise ValueError(f"--device {args.device!r} must be auto, cpu, cuda, cuda:N or mps")
     _check_ckpt(args.ckpt)
@@ -171,7 +190,7 @@ def validate(args: argparse.Namespace) -> list[VideoRequest]:
         _check_writable(out.parent, f"--out {str(out)!r}")
         strength = 1.0 if init is None else DEFAULT_STRENGTH if args.strength is None else args.strength
         return [VideoRequest(args.prompt, args.frames, height, width, args.seed, args.negative_prompt, out,
-                             init, strength)]
+                             init, strength, image, extend)]
 
     path = args.prompts_file
     if not path.is_file():
@@ -196,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         # decoded before anything heavy is imported: an unreadable or too short init video costs no model load
         inits = {i: first_frames(r.init_video, r.frames, str(r.out))
                  for i, r in enumerate(requests) if r.init_video is not None}
+        conds = {i: read_conditioning(r.image, r.extend, r.frames, args.fps)
+                 for i, r in enumerate(requests) if r.image is not None or r.extend is not None}
         from videodit import pipeline  # heavy imports (torch, diffusers, transformers) from here on
 
         pipe = pipeline.load_pipeline(args.ckpt, args.vae, args.device, args.dtype)
@@ -207,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         if pipe.random:
             print(f"note: the {' and '.join(pipe.random)} weights are RANDOM (no trained checkpoint yet); "
                   "the pipeline runs end to end but the video will not depict the prompt")
-        for note in pipeline.extent_notes(requests, pipe.meta, pipe.vae):
+        for note in pipeline.extent_notes(requests, pipe.meta, pipe.vae) + pipeline.task_warnings(requests,
+                                                                                                  pipe.meta):
             print(note)
-        written = pipeline.generate(pipe, requests, settings, args.fps, inits)
+        written = pipeline.generate(pipe, requests, settings, args.fps, inits, conds=conds)
         for request, n in zip(requests, written):
             print(f"wrote {n} frames of {request.height}x{request.width} to {request.out}")
     except ValueError as e:

@@ -74,6 +74,13 @@ def _bad_inputs(tmp_path: Path) -> dict[str, list[str]]:
         "bad prompts line": ["--prompts-file", str(prompts), "--out", str(tmp_path / "o")],
         "missing prompts file": ["--prompts-file", str(tmp_path / "nope.jsonl")],
         "unknown flag": ["--prompt", "a", "--width", "3"],
+        "missing image": ["--prompt", "a", "--image", str(tmp_path / "nope.png")],
+        "unreadable image": ["--prompt", "a", "--image", str(junk), "--frames", "5"],
+        "image with one frame": ["--prompt", "a", "--image", str(short), "--frames", "1"],
+        "image and extend": ["--prompt", "a", "--image", str(short), "--extend", str(short)],
+        "image and init video": ["--prompt", "a", "--image", str(short), "--init-video", str(short)],
+        "extend longer than frames": ["--prompt", "a", "--extend", str(short), "--frames", "2", "--fps", "8"],
+        "unreadable extend clip": ["--prompt", "a", "--extend", str(junk), "--frames", "9"],
     }
 
 
@@ -298,3 +305,73 @@ def test_generate_init_video_starts_from_its_latent(tiny_ckpt, tmp_path, capsys,
     near, far = (v2v_latent - v2v.init).norm(), (t2v_latent - v2v.init).norm()
     assert near < 0.5 * far, (near, far)
     assert read_mp4(v2v_out).shape == (5, 16, 32, 3)
+
+
+@pytest.fixture(scope="module")
+def tiny_causal_ckpt(tmp_path_factory) -> Path:
+    """A tiny checkpoint with a causal 2x1x1 tubelet, trained (its meta says) for i2v only."""
+    root = tmp_path_factory.mktemp("tiny_causal")
+    torch.manual_seed(0)
+    vae_cfg = VAEConfig(latent_channels=4, base_channels=8, channel_mult=(1, 1, 1), temporal_stride=4)
+    vae_dir = save_vae(CausalVAE3D(vae_cfg), root / "vae")
+    dit = VideoDiT(DiTConfig(in_channels=4, text_dim=384, hidden_size=24, depth=1, num_heads=2,
+                             patch=(2, 1, 1), causal_tubelet=True))
+    meta = {"vae": str(vae_dir), "text_encoder": "default", "flow": {"max_tokens": 4096},
+            "tasks": ["i2v", "t2v"]}
+    return save_dit(dit, root / "dit", meta)
+
+
+def test_image_and_extend_keep_the_given_frames(tiny_causal_ckpt, tmp_path, capsys, monkeypatch):
+    """--image: the sampler gets the VAE's 1-frame latent of the image as its prefix; --extend: the clip at
+    --fps, cut to whole tokens (latent frames 0, 1-2: 9 frames of 12), and the output latent keeps it. A
+    task the checkpoint was not trained for warns."""
+    import videodit.sampling as sampling
+
+    rng = np.random.default_rng(0)
+    image, clip = tmp_path / "first.png", tmp_path / "clip.mp4"
+    from PIL import Image
+
+    Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(image)
+    write_mp4(clip, rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8), fps=8)
+    seen = []
+    real = sampling.sample
+
+    def spy(model, reqs, **kw):
+        out = real(model, reqs, **kw)
+        seen.append((reqs, out))
+        return out
+
+    monkeypatch.setattr(pipeline, "sample", spy)
+    common = ["--prompt", "a red ball", "--steps", "3", "--ckpt", str(tiny_causal_ckpt), "--fps", "8"]
+    assert generate.main([*common, "--image", str(image), "--frames", "9", "--res", "16x32",
+                          "--out", str(tmp_path / "i2v.mp4")]) == 0
+    assert generate.main([*common, "--extend", str(clip), "--frames", "17", "--res", "16x16",
+                          "--out", str(tmp_path / "ext.mp4")]) == 0
+    out = capsys.readouterr().out
+    assert "not trained for extend" in out and "not trained for i2v" not in out
+    (i2v,), (i2v_latent,) = seen[0]
+    (ext,), (ext_latent,) = seen[1]
+    vae = load_vae(str(tiny_causal_ckpt.parent / "vae"))
+    with torch.no_grad():
+        ts, ss = vae.temporal_stride, vae.spatial_stride
+        first = pipeline.init_pixels(np.asarray(Image.open(image))[None], (1, *i2v.size[1:]), ts, ss)
+        torch.testing.assert_close(i2v.prefix, vae.encode(first[None])[0], atol=1e-4, rtol=1e-4)
+        kept = pipeline.init_pixels(read_mp4(clip)[:9], (3, *ext.size[1:]), ts, ss)
+        torch.testing.assert_close(ext.prefix, vae.encode(kept[None])[0], atol=1e-4, rtol=1e-4)
+    assert ext.prefix.shape[1] == 3 and torch.equal(ext_latent[:, :3], ext.prefix)
+    assert torch.equal(i2v_latent[:, :1], i2v.prefix)
+    assert read_mp4(tmp_path / "ext.mp4").shape == (17, 16, 16, 3)
+
+
+def test_a_checkpoint_whose_tubelet_mixes_frame_zero_refuses_an_image(tiny_ckpt, tmp_path, capsys):
+    tiny = tmp_path / "one.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tiny)
+    patched = tmp_path / "p2"
+    cfg = json.loads((tiny_ckpt / "config.json").read_text())
+    save_dit(VideoDiT(DiTConfig(in_channels=4, text_dim=384, hidden_size=24, depth=1, num_heads=2,
+                                patch=(2, 2, 2))), patched, cfg["meta"])
+    rc = generate.main(["--prompt", "a", "--image", str(tiny), "--frames", "9", "--res", "16x16",
+                        "--steps", "2", "--ckpt", str(patched), "--out", str(tmp_path / "x.mp4")])
+    assert rc == 2 and "needs model.causal_tubelet" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from videodit.checkpoint import load_dit
 from videodit.config import from_dict
 from videodit.flow import FlowConfig
 from videodit.mp4 import Mp4Writer
+from videodit.patchify import group_ends
 from videodit.sampling import SAMPLERS, Request, sample
 from videodit.text_encoder import TextEncoder
 from videodit.video_request import VideoRequest, crop_box, latent_shape
@@ -163,25 +164,59 @@ def init_pixels(frames: np.ndarray, size: tuple[int, int, int], temporal_stride:
     return video[:need].permute(1, 0, 2, 3)  # (3, F', H, W)
 
 
+def conditioning_prefix(frames: np.ndarray, size: tuple[int, int, int], pipe: Pipeline,
+                        what: str) -> torch.Tensor:
+    """Conditioning frames uint8 (F, H0, W0, 3) -> the clean latent prefix (C, k, h, w) a request of latent
+    `size` keeps: the longest 1 + (k - 1) * ts of the frames whose k latent frames end on a token group of
+    the DiT (a causal tubelet takes latent frame 0 alone). ValueError when the model cannot take any."""
+    vae, cfg = pipe.vae, pipe.dit.config
+    ends = group_ends(size[0], tuple(cfg.patch), bool(getattr(cfg, "causal_tubelet", False)))
+    fitting = [k for k in ends if 1 + (k - 1) * vae.temporal_stride <= frames.shape[0]]
+    if not fitting:
+        if size[0] < 2:
+            raise ValueError(f"{what}: a request of {size[0]} latent frame leaves nothing to generate; ask "
+                             f"for more --frames")
+        raise ValueError(f"{what}: this checkpoint's tubelet {tuple(cfg.patch)} does not give the first "
+                         f"{frames.shape[0]} frame(s) tokens of their own (it needs model.causal_tubelet); "
+                         f"it cannot condition on them")
+    k = max(fitting)
+    pixels = init_pixels(frames, (k, size[1], size[2]), vae.temporal_stride, vae.spatial_stride)
+    return vae.encode(pixels[None].to(device=pipe.device, dtype=next(vae.parameters()).dtype),
+                      chunk_frames=DECODE_CHUNK_FRAMES)[0].float()  # (C, k, h, w)
+
+
+def task_warnings(requests: list[VideoRequest], meta: dict) -> list[str]:
+    """A line per conditioning task the requests use that the checkpoint was not trained for."""
+    trained = set(meta.get("tasks", ["t2v"]))
+    used = {"i2v" for r in requests if r.image is not None} | {"extend" for r in requests if r.extend}
+    return [f"warning: this checkpoint was not trained for {task} (its tasks: {sorted(trained)}); "
+            f"expect the given frames to be ignored or to clash" for task in sorted(used - trained)]
+
+
 @torch.no_grad()
 def sample_latents(pipe: Pipeline, requests: list[VideoRequest], settings: SamplingSettings,
-                   inits: dict[int, np.ndarray] | None = None, progress: bool = True) -> list[torch.Tensor]:
+                   inits: dict[int, np.ndarray] | None = None, progress: bool = True,
+                   conds: dict[int, np.ndarray] | None = None) -> list[torch.Tensor]:
     """Encode the prompts (and init videos), pack all requests into shared denoising passes -> one latent
     (C, T, h, w) per request. `inits`: {request index: its init video's frames, uint8 (F, H0, W0, 3)
-    (`videodit.video_reader.first_frames`)} for video-to-video."""
+    (`videodit.video_reader.first_frames`)} for video-to-video; `conds`: {request index: its
+    `videodit.video_reader.read_conditioning` frames} for image-to-video and extension (kept as given,
+    see `conditioning_prefix`)."""
     vae = pipe.vae
     states, _ = pipe.text.encode([r.prompt for r in requests] + [r.negative_prompt for r in requests])
     reqs = []
     for i, r in enumerate(requests):
         size = latent_shape(r.frames, r.height, r.width, vae.temporal_stride, vae.spatial_stride)
-        init = None
+        init = prefix = None
         if inits and i in inits:
             pixels = init_pixels(inits[i], size, vae.temporal_stride, vae.spatial_stride)
             init = vae.encode(pixels[None].to(device=pipe.device, dtype=next(vae.parameters()).dtype),
                               chunk_frames=DECODE_CHUNK_FRAMES)[0].float()
+        if conds and i in conds:
+            prefix = conditioning_prefix(conds[i], size, pipe, str(r.image or r.extend))
         reqs.append(Request(size=size, text=states[i], seed=r.seed,
                             negative=states[len(requests) + i] if r.negative_prompt else None,
-                            init=init, strength=r.strength if init is not None else 1.0))
+                            init=init, strength=r.strength if init is not None else 1.0, prefix=prefix))
     return sample(
         pipe.dit, reqs, steps=settings.steps, sampler=settings.sampler, guidance=settings.cfg,
         flow_cfg=pipe.flow_cfg, device=pipe.device, dtype=pipe.dtype, token_budget=TOKEN_BUDGET,
@@ -205,7 +240,8 @@ def decode_to_mp4(latent: torch.Tensor, request: VideoRequest, vae, fps: float) 
 
 
 def generate(pipe: Pipeline, requests: list[VideoRequest], settings: SamplingSettings, fps: float = 16.0,
-             inits: dict[int, np.ndarray] | None = None, progress: bool = True) -> list[int]:
+             inits: dict[int, np.ndarray] | None = None, progress: bool = True,
+             conds: dict[int, np.ndarray] | None = None) -> list[int]:
     """Sample every request together, then decode each to its mp4 -> frames written per request."""
-    latents = sample_latents(pipe, requests, settings, inits, progress)
+    latents = sample_latents(pipe, requests, settings, inits, progress, conds)
     return [decode_to_mp4(z, r, pipe.vae, fps) for r, z in zip(requests, latents)]

@@ -254,6 +254,36 @@ def quiet_native_stderr():
         os.close(devnull)
 
 
+def frames_at_rate(path: str | Path, fps: float, max_frames: int) -> np.ndarray:
+    """A video's frames resampled to `fps` (frame i is the one showing at i / fps seconds), at most
+    `max_frames` of them, uint8 (F, H, W, 3); an image is one frame. VideoDecodeError names the file."""
+    with quiet_native_stderr():
+        if is_image(path):
+            return decode_frames(path, [0])
+        info = probe_video(path)
+        duration = info.num_frames / info.fps
+        count = min(max_frames, max(1, math.floor(duration * fps + 1e-6)))
+        indices = [min(info.num_frames - 1, math.floor(i * info.fps / fps + 1e-6)) for i in range(count)]
+        return decode_frames(path, indices)
+
+
+def read_conditioning(image: Path | None, extend: Path | None, num_frames: int, fps: float) -> np.ndarray:
+    """The frames a request of `num_frames` frames conditions on, uint8 (F, H0, W0, 3): `image` (an image,
+    or a video's first frame) -> 1 frame; `extend` -> that clip at `fps`, which must be shorter than the
+    request and longer than one frame. ValueError naming the file otherwise."""
+    if image is not None:
+        with quiet_native_stderr():
+            return decode_frames(image, [0])
+    frames = frames_at_rate(extend, fps, num_frames)
+    if frames.shape[0] >= num_frames:
+        raise ValueError(f"extend clip {str(extend)!r} already has {num_frames} or more frames at "
+                         f"{fps:g} fps; ask for more frames than the clip has to extend it")
+    if frames.shape[0] < 2:
+        raise ValueError(f"extend clip {str(extend)!r} has a single frame at {fps:g} fps; give it as an "
+                         f"image (--image) instead")
+    return frames
+
+
 def first_frames(path: str | Path, num_frames: int, wanted_by: str = "the request") -> np.ndarray:
     """The first `num_frames` frames of a video at its own rate, uint8 (F, H, W, 3); an image repeats.
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_SIDE = 8192  # pixels
-PROMPT_KEYS = {"prompt", "frames", "res", "seed", "negative_prompt", "init_video", "strength"}
+PROMPT_KEYS = {"prompt", "frames", "res", "seed", "negative_prompt", "init_video", "strength", "image",
+               "extend"}
 DEFAULT_STRENGTH = 0.6  # strength of a request with an init video and no strength
 
 
@@ -34,6 +35,8 @@ class VideoRequest:
     out: Path
     init_video: Path | None = None  # video-to-video: start from this video's latent (SDEdit)
     strength: float = 1.0  # sigma the init latent is noised to; 1 = from noise
+    image: Path | None = None  # image-to-video: the first frame (an image, or a video's first frame)
+    extend: Path | None = None  # video extension: keep this clip's frames, generate the rest
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -155,6 +158,12 @@ def parse_prompts_file(text: str, source: str = "prompts file") -> list[dict]:
                 check_init_video(item["init_video"])
             if "strength" in item:
                 check_strength(item["strength"])
+            for key in ("image", "extend"):
+                if key in item:
+                    check_init_video(item[key], key)
+            given = [k for k in ("init_video", "image", "extend") if k in item]
+            if len(given) > 1:
+                raise ValueError(f"give at most one of init_video, image, extend; got {given}")
         except ValueError as e:
             raise ValueError(f"{where}{e}") from None
         items.append(item)
@@ -177,6 +186,9 @@ def requests_from_items(items: list[dict], folder: Path, frames: int, height: in
         if line_init is None and "strength" in item:
             raise ValueError(f"{source}: request {i + 1} ({i:04d}.mp4) has a strength but no init_video "
                              f"(nor --init-video)")
+        if line_init is not None and ("image" in item or "extend" in item):
+            raise ValueError(f"{source}: request {i + 1} ({i:04d}.mp4) has an image or extend clip and an "
+                             f"init video (--init-video): give one")
         line_strength = item.get("strength", strength)
         if line_init is None:
             line_strength = 1.0
@@ -187,6 +199,8 @@ def requests_from_items(items: list[dict], folder: Path, frames: int, height: in
             seed=item.get("seed", seed + i), negative_prompt=item.get("negative_prompt", negative_prompt),
             out=folder / f"{i:04d}.mp4", init_video=line_init,
             strength=line_strength,
+            image=Path(item["image"]) if "image" in item else None,
+            extend=Path(item["extend"]) if "extend" in item else None,
         ))
     return requests
 
