@@ -127,6 +127,21 @@ def classify_motion(centres: np.ndarray, height: int, width: int) -> str:
     return "down" if net[0] > 0 else "up"
 
 
+def object_track(frames: np.ndarray) -> np.ndarray:
+    """The object's centroid per frame, uint8 (F, H, W, 3) -> (F, 2) float (y, x) in pixels; NaN where the
+    frame shows no object."""
+    _, H, W, _ = frames.shape
+    alpha, _, _ = object_alpha(frames)
+    area = alpha.sum(axis=(1, 2))  # (F,)
+    ys, xs = np.arange(H) + 0.5, np.arange(W) + 0.5
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy = (alpha.sum(axis=2) @ ys) / area
+        cx = (alpha.sum(axis=1) @ xs) / area
+    track = np.stack([cy, cx], axis=1)
+    track[area < 4.0] = np.nan
+    return track
+
+
 def analyse_clip(frames: np.ndarray) -> dict:
     """Measure one clip uint8 (F, H, W, 3) -> {colour, shape, motion, background, ...measurements}.
 
