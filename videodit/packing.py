@@ -262,7 +262,8 @@ def token_timesteps(packed: PackedBatch, frame_timesteps: Sequence[torch.Tensor]
         if t.numel() != T:
             raise ValueError(f"sample {i} has {T} latent frames but {t.numel()} frame timesteps")
         groups = frame_groups(packed, i)  # (T,)
-        per_group = torch.zeros(packed.grids[i][0]).index_reduce_(0, groups, t, "amax", include_self=False)
+        per_group = torch.zeros(packed.grids[i][0])
+        per_group[groups] = t  # a group's frames must agree, checked next
         if not torch.equal(per_group[groups], t):
             raise ValueError(f"sample {i}: latent frames that share a token group must share a timestep "
                              f"(patch {packed.patch}, causal {packed.causal}), got {t.tolist()}")
