@@ -243,13 +243,16 @@ class UlyssesAttention:
 
 
 def forward_shard(model, packed: PackedBatch, timesteps: torch.Tensor, rank: int, size: int, group=None,
-                  timer: CommTimer | None = None) -> tuple[torch.Tensor, PackedBatch, RowShard]:
+                  timer: CommTimer | None = None, token_timesteps: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, PackedBatch, RowShard]:
     """Run `model` (a VideoDiT, or a wrapper whose forward takes `self_attention`) on rank `rank`'s slice
-    of the row `packed` with row timesteps `(S,)` -> (predictions `(n_r, D_in)` of the slice's tokens,
-    the slice, its shard). All ranks of `group` call it together with the same row."""
+    of the row `packed` with row timesteps `(S,)` (and, optionally, the row's per-token timesteps `(N,)`)
+    -> (predictions `(n_r, D_in)` of the slice's tokens, the slice, its shard). All ranks of `group` call
+    it together with the same row."""
     local, shard = shard_packed(packed, rank, size)
     attend = UlyssesAttention(shard, group, timer)
-    out = model(local, timesteps[local_samples(local, shard)], self_attention=attend)  # (n_r, D_in)
+    extra = {} if token_timesteps is None else {"token_timesteps": token_timesteps[shard.start : shard.end]}
+    out = model(local, timesteps[local_samples(local, shard)], self_attention=attend, **extra)  # (n_r, D_in)
     return out, local, shard
 
 
