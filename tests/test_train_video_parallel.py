@@ -1,0 +1,89 @@
+"""train_video.py with sequence parallelism: `parallel.sequence=2` under the DeepSpeed launcher (2 CPU
+ranks) trains on rows holding samples larger than one rank's budget, with the 1-rank run's per-step loss."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_data_fixtures import make_dataset, tiny_vae
+
+import train_video
+from data.dataset import VideoDataset
+from data.sampling import SamplingConfig
+from videodit.model import DiTConfig
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 5
+RANK_TOKENS = 16  # one rank's budget at SP=2; the 1-rank run has rows of 2 x 16, the same rows
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_sp")
+    return {"manifest": make_dataset(root / "clips", num_clips=6), "vae": tiny_vae(root / "vae")}
+
+
+def overrides(assets, out, **extra) -> list[str]:
+    sets = {"data.manifest": assets["manifest"], "data.vae": assets["vae"], "model.in_channels": 4,
+            "train.output_dir": out, "train.save_every": 0, "train.max_steps": STEPS,
+            "data.max_tokens": 2 * RANK_TOKENS, "train.peak_tflops": 0.1, **extra}
+    return [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+
+
+def metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def launch(assets, out, ranks: int, port: int, **extra) -> list[dict]:
+    if shutil.which("deepspeed") is None:
+        pytest.skip("deepspeed launcher not on PATH")
+    cmd = ["deepspeed", "--num_accelerators", str(ranks), "--master_port", str(port), "train_video.py",
+           "--config", "configs/debug.yaml", *overrides(assets, out, **extra)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return metrics(out)
+
+
+@pytest.fixture
+def one_rank(monkeypatch):
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(k, "")
+        monkeypatch.delenv(k)
+
+
+def sample_tokens(assets) -> list[int]:
+    """Token counts of the run's clips in its first epoch (the resolution sampling of build_data)."""
+    cfg = train_video.RunConfig(model=DiTConfig(in_channels=4))
+    sampling = SamplingConfig(temporal_stride=4, spatial_stride=8, patch=cfg.model.patch, min_tokens=8,
+                              max_tokens=2 * RANK_TOKENS, max_frames=9)
+    source = VideoDataset(str(assets["manifest"]), sampling, seed=0)
+    return [source.token_length(i) for i in range(len(source))]
+
+
+def test_sp2_trains_past_one_ranks_budget_with_the_one_rank_loss(tmp_path, assets, one_rank):
+    assert max(sample_tokens(assets)) > RANK_TOKENS  # some samples do not fit one rank's share of a row
+    sp2 = launch(assets, tmp_path / "sp2", ranks=2, port=29710,
+                 **{"parallel.sequence": 2, "data.row_tokens": RANK_TOKENS})
+    train_video.main(["--config", str(REPO / "configs/debug.yaml"),
+                      *overrides(assets, tmp_path / "one", **{"data.row_tokens": 2 * RANK_TOKENS})])
+    one = metrics(tmp_path / "one")
+    assert [m["step"] for m in sp2] == [m["step"] for m in one] == list(range(1, STEPS + 1))
+    for a, b in zip(sp2, one):
+        assert abs(a["loss"] - b["loss"]) <= 1e-4, (a["step"], a["loss"], b["loss"])
+        assert a["packing_efficiency"] == pytest.approx(b["packing_efficiency"])
+        assert 0 < a["packing_efficiency"] <= 1 and a["tokens_per_s"] > 0 and a["mfu"] > 0
+    assert len({round(m["loss"], 6) for m in one}) == STEPS  # the steps differ: not one loss repeated
+    log = (tmp_path / "sp2" / "train.log").read_text()
+    assert "sequence parallelism: 1 rows of 2 ranks, 32 tokens per row" in log
+
+
+def test_sample_over_one_ranks_budget_refused_at_sp1(tmp_path, assets, one_rank):
+    with pytest.raises(ValueError, match=r"sequence parallelism: parallel.sequence=2 or more"):
+        train_video.main(["--config", str(REPO / "configs/debug.yaml"),
+                          *overrides(assets, tmp_path / "refused", **{"data.row_tokens": RANK_TOKENS})])
