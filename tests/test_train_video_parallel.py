@@ -87,3 +87,26 @@ def test_sample_over_one_ranks_budget_refused_at_sp1(tmp_path, assets, one_rank)
     with pytest.raises(ValueError, match=r"sequence parallelism: parallel.sequence=2 or more"):
         train_video.main(["--config", str(REPO / "configs/debug.yaml"),
                           *overrides(assets, tmp_path / "refused", **{"data.row_tokens": RANK_TOKENS})])
+
+
+def test_memory_budget_derives_the_row_budget():
+    from videodit.cost_model import cost_model, row_tokens_for_memory
+    from videodit.model import VideoDiT
+    from videodit.sequence_parallel import ParallelGroups
+
+    ds = train_video.DeepSpeedConfig(precision="bf16", zero_stage=2)
+    cfg = train_video.RunConfig(model=DiTConfig(in_channels=4, hidden_size=64, depth=2, num_heads=2),
+                                train=train_video.VideoTrainConfig(memory_budget_gb=0.05),
+                                data=train_video.DataConfig(max_tokens=256), deepspeed=ds)
+    model, cost = VideoDiT(cfg.model), cost_model(cfg.model, "bf16")
+    params = sum(p.numel() for p in model.parameters())
+    one = train_video.rank_row_tokens(cfg, model, cost, ParallelGroups(None, 0, 1, None, 0, 1))
+    assert one == row_tokens_for_memory(0.05, cost, params, "bf16", 2, 1, 1) and one > 256
+    assert abs(one * cost.activation_bytes - 0.8 * 0.05 * 2**30) < 0.1 * 0.05 * 2**30  # state is small here
+    two = train_video.rank_row_tokens(cfg, model, cost, ParallelGroups(None, 1, 2, None, 0, 1))
+    assert two >= one  # each rank of an SP pair holds its share; the model state is split over both
+    cfg.train.memory_budget_gb = 0.0055  # covers the model state, but not a 256-token clip on one rank
+    with pytest.raises(ValueError, match=r"max_tokens \(256\) must be <= .*parallel.sequence=\d+ or more"):
+        train_video.rank_row_tokens(cfg, model, cost, ParallelGroups(None, 0, 1, None, 0, 1))
+    pair = train_video.rank_row_tokens(cfg, model, cost, ParallelGroups(None, 0, 2, None, 0, 1))
+    assert pair < 256 <= 2 * pair  # the clip fits a row of two ranks, not one rank's share
