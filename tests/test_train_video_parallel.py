@@ -110,3 +110,36 @@ def test_memory_budget_derives_the_row_budget():
         train_video.rank_row_tokens(cfg, model, cost, ParallelGroups(None, 0, 1, None, 0, 1))
     pair = train_video.rank_row_tokens(cfg, model, cost, ParallelGroups(None, 0, 2, None, 0, 1))
     assert pair < 256 <= 2 * pair  # the clip fits a row of two ranks, not one rank's share
+
+
+@pytest.mark.slow  # about 45 s: two launcher processes and a 1-rank run
+def test_two_node_launch_without_ssh_trains_like_one_rank(tmp_path, assets, one_rank):
+    """The multi-node path on one machine: a hostfile of two one-slot nodes, one `deepspeed --no_ssh
+    --node_rank K` launch per node, rank 0's address as master; the row is split across the two nodes
+    (parallel.sequence=2) and checkpoints go to one shared folder."""
+    if shutil.which("deepspeed") is None:
+        pytest.skip("deepspeed launcher not on PATH")
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
+    out = tmp_path / "two_nodes"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    args = ["train_video.py", "--config", "configs/debug.yaml",
+            *overrides(assets, out, **{"parallel.sequence": 2, "data.row_tokens": RANK_TOKENS})]
+    launch = ["deepspeed", "--hostfile", str(hostfile), "--no_ssh", "--master_addr", "127.0.0.1",
+              "--master_port", "29740"]
+    nodes = [subprocess.Popen([*launch, "--node_rank", str(k), *args], cwd=REPO, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for k in (0, 1)]
+    logs = [p.communicate(timeout=400)[0] for p in nodes]
+    for k, (p, log) in enumerate(zip(nodes, logs)):
+        assert p.returncode == 0, log[-3000:]
+        assert f"nnodes=2, num_local_procs=1, node_rank={k}" in log
+    train_video.main(["--config", str(REPO / "configs/debug.yaml"),
+                      *overrides(assets, tmp_path / "one", **{"data.row_tokens": 2 * RANK_TOKENS})])
+    two, one = metrics(out), metrics(tmp_path / "one")
+    assert [m["step"] for m in two] == list(range(1, STEPS + 1))
+    for a, b in zip(two, one):
+        assert abs(a["loss"] - b["loss"]) <= 1e-4, (a["step"], a["loss"], b["loss"])
+    saved = out / "checkpoints" / f"step{STEPS:08d}"
+    assert (saved / "extra_rank00000.pt").is_file() and (saved / "extra_rank00001.pt").is_file()
