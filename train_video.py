@@ -9,6 +9,8 @@ of the same cost at each step (`data.balanced_loader.CostBalancedLoader`). `para
 each row's tokens across N ranks (Ulysses sequence parallelism, `videodit.sequence_parallel`): a row holds
 N x data.row_tokens tokens, so a sample up to that size trains; data parallelism with ZeRO runs over the
 world size / N rows. `train.memory_budget_gb` derives data.row_tokens from one rank's memory instead.
+Every log record (metrics.jsonl, tensorboard) has the rows' packing efficiency, tokens/s over all ranks,
+TFLOP/s per rank by the cost model and, with `train.peak_tflops`, the estimated MFU.
 
 Data: raw videos from `data.manifest` (decoded, VAE- and text-encoded on the fly) or a latent cache
 from `python -m data.precache` (`data.cache`). The loop, checkpoints and resume are `videodit.trainer`'s;
