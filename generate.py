@@ -20,6 +20,12 @@ With `--prompts-file` (JSONL: one object a line with "prompt" and optional "fram
 "negative_prompt", "init_video", "strength", "image", "extend"), all requests, whatever their shapes and
 tasks, are packed into the same denoising forward passes, and line i is written to `{out}/{i:04d}.mp4`.
 
+Under a launcher (`deepspeed --num_accelerators N generate.py ...`, or `torchrun --nproc_per_node N`), the
+N ranks share every denoising forward pass: each runs the DiT on 1/N of the pass's tokens (Ulysses
+sequence parallelism, `videodit.sequence_parallel.ShardedSampler`; N must divide the DiT's heads), the
+predictions are gathered on every rank, and rank 0 alone decodes and writes the videos. The videos are
+those one rank would write.
+
 Every argument is checked before anything heavy is imported or loaded; bad input exits with one line on
 stderr (status 2). torch, diffusers and transformers are imported only after validation, so that a typo
 costs milliseconds, not seconds; init videos are decoded next, before any model is loaded.
@@ -28,6 +34,7 @@ costs milliseconds, not seconds; init videos are decoded next, before any model 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
 import sys
@@ -101,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--out", type=Path, help="output .mp4 (or a folder with --prompts-file)")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by deepspeed
     return p
 
 
@@ -219,25 +227,52 @@ def main(argv: list[str] | None = None) -> int:
                  for i, r in enumerate(requests) if r.image is not None or r.extend is not None}
         from videodit import pipeline  # heavy imports (torch, diffusers, transformers) from here on
 
-        pipe = pipeline.load_pipeline(args.ckpt, args.vae, args.device, args.dtype)
+        rank, world, device = _join_ranks(args.device)
+        pipe = pipeline.load_pipeline(args.ckpt, args.vae, device, args.dtype)
+        if world > 1:  # the ranks share every denoising pass
+            from videodit.sequence_parallel import ShardedSampler
+
+            pipe = dataclasses.replace(pipe, dit=ShardedSampler(pipe.dit, rank, world))
         settings = pipeline.sampling_settings(
             pipe.meta, steps=args.steps, cfg=args.cfg, sampler=args.sampler, skip_guidance=args.skip_guidance,
             cfg_interval=None if args.cfg_interval is None else parse_cfg_interval(args.cfg_interval),
             skip_blocks=None if args.skip_blocks is None else parse_blocks(args.skip_blocks),
         )
-        if pipe.random:
+        if pipe.random and rank == 0:
             print(f"note: the {' and '.join(pipe.random)} weights are RANDOM (no trained checkpoint yet); "
                   "the pipeline runs end to end but the video will not depict the prompt")
         for note in pipeline.extent_notes(requests, pipe.meta, pipe.vae) + pipeline.task_warnings(requests,
                                                                                                   pipe.meta):
-            print(note)
-        written = pipeline.generate(pipe, requests, settings, args.fps, inits, conds=conds)
+            if rank == 0:
+                print(note)
+        if world > 1:  # every rank samples, rank 0 writes
+            latents = pipeline.sample_latents(pipe, requests, settings, inits, rank == 0, conds)
+            written = [pipeline.decode_to_mp4(z, r, pipe.vae, args.fps) for r, z in zip(requests, latents)
+                       if rank == 0]
+        else:
+            written = pipeline.generate(pipe, requests, settings, args.fps, inits, conds=conds)
         for request, n in zip(requests, written):
             print(f"wrote {n} frames of {request.height}x{request.width} to {request.out}")
     except ValueError as e:
         print(f"generate.py: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _join_ranks(device: str) -> tuple[int, int, str]:
+    """Under a launcher (deepspeed, torchrun: RANK and WORLD_SIZE set) join its process group ->
+    (rank, world size, this rank's device: its local GPU for 'auto'/'cuda'); else (0, 1, device)."""
+    import torch
+
+    from videodit.distributed import env_rank_world, init_distributed
+
+    rank, world = env_rank_world()
+    if world == 1:
+        return 0, 1, device
+    _, local_rank, _ = init_distributed()
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{local_rank}"
+    return rank, world, device
 
 
 if __name__ == "__main__":

@@ -2,6 +2,15 @@
 
     deepspeed --num_accelerators 2 train_video.py --config configs/debug.yaml --set train.max_steps=20
     python train_video.py --config configs/debug.yaml          (one rank)
+    deepspeed --num_accelerators 4 train_video.py ... --set parallel.sequence=2   (2 rows of 2 ranks each)
+
+Rows are filled by estimated compute cost (`videodit.cost_model`) and every data-parallel rank gets a row
+of the same cost at each step (`data.balanced_loader.CostBalancedLoader`). `parallel.sequence=N` splits
+each row's tokens across N ranks (Ulysses sequence parallelism, `videodit.sequence_parallel`): a row holds
+N x data.row_tokens tokens, so a sample up to that size trains; data parallelism with ZeRO runs over the
+world size / N rows. `train.memory_budget_gb` derives data.row_tokens from one rank's memory instead.
+Every log record (metrics.jsonl, tensorboard) has the rows' packing efficiency, tokens/s over all ranks,
+TFLOP/s per rank by the cost model and, with `train.peak_tflops`, the estimated MFU.
 
 Data: raw videos from `data.manifest` (decoded, VAE- and text-encoded on the fly) or a latent cache
 from `python -m data.precache` (`data.cache`). The loop, checkpoints and resume are `videodit.trainer`'s;
@@ -11,6 +20,7 @@ each checkpoint holds the EMA weights as a `save_dit` folder (`ema/`) that `gene
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -20,15 +30,18 @@ from pathlib import Path
 
 import torch
 
-from data.loader import PackedLoader
+from data.balanced_loader import CostBalancedLoader
 from data.precache import LatentCache
 from data.sampling import SamplingConfig
 from data.tasks import check_mix, sample_tasks
 from videodit.checkpoint import load_dit, save_dit
 from videodit.config import load_config, to_dict
+from videodit.cost_model import CostModel, cost_model, row_tokens_for_memory, step_metrics
 from videodit.distributed import DeepSpeedConfig, all_gather_object, sum_over_ranks
 from videodit.flow import FlowConfig, flow_loss
 from videodit.model import DiTConfig, VideoDiT
+from videodit.packing import num_tokens
+from videodit.sequence_parallel import ParallelConfig, ParallelGroups, parallel_groups
 from videodit.trainer import Session, TrainConfig, load_matching, parse_args, start, train
 
 log = logging.getLogger("train_video")
@@ -40,7 +53,9 @@ class DataConfig:
     cache: str = ""  # latent cache folder from data.precache; used instead of the manifest when set
     vae: str = "default"  # vae3d.load_vae name/path (raw mode; recorded in checkpoints)
     text_encoder: str = "default"  # videodit.text_encoder name/path
-    row_tokens: int = 1024  # token budget of one packed row (= one micro-batch per rank)
+    # token budget of one packed row per rank (= one micro-batch); a row of parallel.sequence ranks holds
+    # that many times more. train.memory_budget_gb > 0 derives it instead.
+    row_tokens: int = 1024
     min_tokens: int = 64  # per-clip random token target lies in [min_tokens, max_tokens]
     max_tokens: int = 1024
     # NaViT token dropping for large samples: a sample with more tokens trains on a random keep_tokens of
@@ -57,14 +72,39 @@ class DataConfig:
 
     def __post_init__(self):
         check_mix(self.tasks)
-        if not 0 <= self.keep_tokens <= self.row_tokens:
-            raise ValueError(f"data.keep_tokens ({self.keep_tokens}) must be in [0, data.row_tokens "
-                             f"({self.row_tokens})]")
-        if min(self.max_tokens, self.keep_tokens or self.max_tokens) > self.row_tokens:
-            raise ValueError(f"data.max_tokens ({self.max_tokens}) must be <= data.row_tokens "
-                             f"({self.row_tokens}) unless data.keep_tokens caps it: a clip must fit a row")
+        if self.row_tokens < 1 or self.keep_tokens < 0:
+            raise ValueError(f"data.row_tokens must be >= 1 and data.keep_tokens >= 0, got "
+                             f"{self.row_tokens}, {self.keep_tokens}")
         if not 0.0 <= self.token_drop < 1.0:
             raise ValueError(f"data.token_drop must be in [0, 1), got {self.token_drop}")
+
+    def check_fits(self, rank_tokens: int, sequence: int) -> None:
+        """A clip must fit a row of `sequence` ranks of `rank_tokens` tokens each."""
+        row = rank_tokens * sequence
+        if self.keep_tokens > row:
+            raise ValueError(f"data.keep_tokens ({self.keep_tokens}) must be in [0, {row}] (data.row_tokens "
+                             f"{rank_tokens} x parallel.sequence {sequence})")
+        if min(self.max_tokens, self.keep_tokens or self.max_tokens) > row:
+            raise ValueError(
+                f"data.max_tokens ({self.max_tokens}) must be <= {row} (data.row_tokens {rank_tokens} x "
+                f"parallel.sequence {sequence}) unless data.keep_tokens caps it: a clip must fit a row; "
+                f"split rows across ranks with sequence parallelism: parallel.sequence="
+                f"{-(-self.max_tokens // rank_tokens)} or more"
+            )
+
+
+@dataclass
+class VideoTrainConfig(TrainConfig):
+    # One rank's memory (GiB) for model state and activations; > 0 derives data.row_tokens from it with the
+    # cost model (videodit.cost_model.row_tokens_for_memory) instead of taking it as given
+    memory_budget_gb: float = 0.0
+    peak_tflops: float = 0.0  # one rank's peak (bf16 matmul) TFLOP/s, for the logged MFU; 0 = not logged
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.memory_budget_gb < 0 or self.peak_tflops < 0:
+            raise ValueError(f"train.memory_budget_gb and train.peak_tflops must be >= 0 (0 = off), got "
+                             f"{self.memory_budget_gb}, {self.peak_tflops}")
 
 
 @dataclass
@@ -83,21 +123,52 @@ class RunConfig:
     model: DiTConfig = field(default_factory=DiTConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: VideoTrainConfig = field(default_factory=VideoTrainConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     preview: PreviewConfig = field(default_factory=PreviewConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self):
         if self.flow.pixel_weight > 0 and (self.data.token_drop > 0 or self.data.keep_tokens > 0):
             raise ValueError("flow.pixel_weight > 0 needs data.token_drop 0 (a dropped token has no x0 "
                              f"prediction to decode), got token_drop {self.data.token_drop}")
+        sequence = self.parallel.sequence
+        if self.flow.pixel_weight > 0 and sequence > 1:
+            raise ValueError(f"flow.pixel_weight > 0 needs whole samples on one rank; it cannot run with "
+                             f"parallel.sequence={sequence}")
+        if self.model.num_heads % sequence:
+            raise ValueError(f"parallel.sequence={sequence} must divide model.num_heads "
+                             f"({self.model.num_heads}): each rank attends with its share of the heads")
+        if not self.train.memory_budget_gb:
+            self.data.check_fits(self.data.row_tokens, sequence)
 
 
 # ------------------------------------------------------------------ data
 
 
-def build_data(cfg: RunConfig, session: Session):
-    """-> (loader, encoders) where encoders = (vae, text_encoder) in raw mode, None with a cache."""
+def rank_row_tokens(cfg: RunConfig, model: VideoDiT, cost: CostModel, groups: ParallelGroups) -> int:
+    """One rank's share of a row's token budget: data.row_tokens, or what train.memory_budget_gb leaves
+    for activations after the model state (ZeRO-partitioned over all ranks)."""
+    if not cfg.train.memory_budget_gb:
+        return cfg.data.row_tokens
+    row = row_tokens_for_memory(cfg.train.memory_budget_gb, cost, sum(p.numel() for p in model.parameters()),
+                                cfg.deepspeed.precision, cfg.deepspeed.zero_stage, groups.data_size,
+                                groups.sequence_size)
+    rank_tokens = row // groups.sequence_size
+    if rank_tokens < 1:
+        raise ValueError(f"train.memory_budget_gb={cfg.train.memory_budget_gb} leaves no room for a single "
+                         f"token's activations; raise it")
+    cfg.data.check_fits(rank_tokens, groups.sequence_size)
+    log.info("row budget %d tokens per rank from train.memory_budget_gb=%g", rank_tokens,
+             cfg.train.memory_budget_gb)
+    return rank_tokens
+
+
+def build_data(cfg: RunConfig, session: Session, groups: ParallelGroups, rank_tokens: int, cost: CostModel):
+    """-> (loader, encoders) where encoders = (vae, text_encoder) in raw mode, None with a cache.
+
+    The loader serves data-parallel rank `groups.data_rank` of `groups.data_size`: the ranks of one
+    sequence group get the same rows. Rows hold `rank_tokens` x the sequence size tokens, filled by cost."""
     if cfg.data.cache:
         source = LatentCache(cfg.data.cache, patch=cfg.model.patch, causal=cfg.model.causal_tubelet)
         encoders = None
@@ -123,8 +194,10 @@ def build_data(cfg: RunConfig, session: Session):
         encoders = (vae, text_encoder)
     else:
         raise ValueError("set data.manifest (raw videos) or data.cache (latent cache folder)")
-    loader = PackedLoader(source, cfg.data.row_tokens, seed=cfg.train.seed, rank=session.rank,
-                          world_size=session.world, window=cfg.data.window, keep_tokens=cfg.data.keep_tokens)
+    loader = CostBalancedLoader(source, rank_tokens, cost.sample_flops, seed=cfg.train.seed,
+                                rank=groups.data_rank, world_size=groups.data_size,
+                                sequence=groups.sequence_size, window=cfg.data.window,
+                                keep_tokens=cfg.data.keep_tokens)
     return loader, encoders
 
 
@@ -214,22 +287,26 @@ class _EngineModel:
     def __init__(self, engine):
         self.engine, self.config = engine, engine.module.config
 
-    def forward_packed(self, packed, timesteps, token_timesteps=None):
-        return self.engine(packed, timesteps, token_timesteps)
+    def forward_packed(self, packed, timesteps, token_timesteps=None, self_attention=None):
+        return self.engine(packed, timesteps, token_timesteps, self_attention)
 
 
 # ------------------------------------------------------------------ the task
 
 
 class DiTTask:
-    """Rectified-flow loss on the loader's packed rows (`videodit.trainer.Task`)."""
+    """Rectified-flow loss on the loader's packed rows (`videodit.trainer.Task`); the ranks of a sequence
+    group share each row (`groups`)."""
 
-    def __init__(self, cfg: RunConfig, loader: PackedLoader, encoders, session: Session):
+    def __init__(self, cfg: RunConfig, loader: CostBalancedLoader, encoders, session: Session,
+                 groups: ParallelGroups, cost: CostModel):
         self.cfg, self.loader, self.encoders, self.session = cfg, loader, encoders, session
+        self.groups, self.cost = groups, cost
         self.pixel_decoder = build_pixel_decoder(cfg, session.device)
         self.meta = dit_meta(cfg)
         self.rows = None  # iterator, made at the first step (after a resume restored the loader)
         self.positions = 0  # latent positions trained on since the last log record
+        self.trained: list[tuple[list[int], list[int]]] = []  # (video, text) tokens per sample of each row
 
     def init_from(self, model, folder: str) -> None:
         init_weights(model, folder)
@@ -239,13 +316,17 @@ class DiTTask:
             self.rows = iter(self.loader)
         latents, texts = row_to_latents(next(self.rows), self.encoders, self.session.device)
         self.positions += sum(z[0].numel() for z in latents)
+        lengths = [num_tokens(tuple(z.shape[1:]), tuple(self.cfg.model.patch), self.cfg.model.causal_tubelet)
+                   for z in latents]
+        keep = self.cfg.data.keep_tokens
+        self.trained.append(([min(n, keep) if keep else n for n in lengths], [e.shape[0] for e in texts]))
         cond = None
         if {k for k, w in self.cfg.data.tasks.items() if w > 0} != {"t2v"}:
             rng = random.Random(int(torch.randint(2**62, (1,), generator=generator)))
             _, cond = sample_tasks(self.cfg.data.tasks, [z.shape[1] for z in latents],
                                    tuple(self.cfg.model.patch), self.cfg.model.causal_tubelet, rng)
         loss, _ = flow_loss(_EngineModel(model), latents, texts, self.cfg.flow, generator,
-                            drop_rate(self.cfg), self.pixel_decoder, cond_frames=cond)
+                            drop_rate(self.cfg), self.pixel_decoder, cond_frames=cond, parallel=self.groups)
         return loss, {}
 
     def after_step(self, step: int, weights) -> None:
@@ -256,9 +337,33 @@ class DiTTask:
                 write_preview(state, self.cfg, self.encoders, step, self.session.device)
 
     def log_fields(self, seconds: float) -> dict:
-        skipped = sum_over_ranks(self.loader.source.stats.get("skipped", 0), self.session.device)
-        fields = {"skipped_data": skipped, "latent_positions_per_s": self.positions / max(seconds, 1e-9)}
+        lead = self.groups.sequence_rank == 0  # the ranks of a sequence group read the same samples
+        skipped = sum_over_ranks(self.loader.source.stats.get("skipped", 0) if lead else 0,
+                                 self.session.device)
+        fields = {"skipped_data": skipped, "latent_positions_per_s": self.positions / max(seconds, 1e-9),
+                  **self.throughput(seconds)}
         self.positions = 0
+        return fields
+
+    def throughput(self, seconds: float) -> dict:
+        """Packing efficiency (tokens over the row budget), tokens/s over all ranks, TFLOP/s per rank and
+        estimated MFU (with train.peak_tflops) of the rows trained since the last record (collective)."""
+        if not self.trained:
+            return {}
+        size = self.groups.sequence_size
+        peak = self.cfg.train.peak_tflops * 1e12 * size if self.cfg.train.peak_tflops else None  # a group's
+        m = step_metrics([v for v, _ in self.trained], self.loader.budget, max(seconds, 1e-9), self.cost,
+                         peak, [t for _, t in self.trained])
+        self.trained = []
+        # every rank of a sequence group holds its row's figures: means over ranks are means over rows
+        fields = {"packing_efficiency": m["packing_efficiency"], "tokens_per_s": m["tokens_per_s"],
+                  "tflops_per_rank": m["tflops"] / size, **({"mfu": m["mfu"]} if "mfu" in m else {})}
+        values = torch.tensor(list(fields.values()), dtype=torch.float64, device=self.session.device)
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(values)
+            values /= self.session.world
+        fields = dict(zip(fields, values.tolist()))
+        fields["tokens_per_s"] *= self.groups.data_size  # the rows of all data-parallel ranks together
         return fields
 
     def state_dict(self) -> dict:
@@ -305,10 +410,17 @@ def main(argv=None) -> list[dict]:
     args = parse_args(__doc__, argv)
     cfg = load_config(RunConfig, args.config, args.set)
     session = start(cfg.train, cfg.deepspeed)
-    loader, encoders = build_data(cfg, session)
+    groups = parallel_groups(cfg.parallel.sequence)  # every rank, in the same order
+    session = dataclasses.replace(session, sequence=groups.sequence_size)
     model = VideoDiT(cfg.model)
-    result = train(DiTTask(cfg, loader, encoders, session), model, cfg.train, cfg.deepspeed, session,
-                   to_dict(cfg), export_name="ema")
+    cost = cost_model(cfg.model, cfg.deepspeed.precision)
+    rank_tokens = rank_row_tokens(cfg, model, cost, groups)
+    loader, encoders = build_data(cfg, session, groups, rank_tokens, cost)
+    if groups.sequence_size > 1:
+        log.info("sequence parallelism: %d rows of %d ranks, %d tokens per row", groups.data_size,
+                 groups.sequence_size, loader.budget)
+    result = train(DiTTask(cfg, loader, encoders, session, groups, cost), model, cfg.train, cfg.deepspeed,
+                   session, to_dict(cfg), export_name="ema")
     skipped = all_gather_object(loader.source.stats.get("skipped", 0))
     log.info("bad data skipped %d; EMA weights in %s", sum(skipped), session.out / "ema")
     return result.records

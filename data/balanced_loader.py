@@ -29,10 +29,11 @@ class CostBalancedLoader(PackedLoader):
     """Rows for data-parallel rank `rank` of `world_size`; a step's rows have equal estimated cost."""
 
     def __init__(self, source, rank_tokens: int, cost: Callable[[int], float], seed: int = 0, rank: int = 0,
-                 world_size: int = 1, sequence: int = 1, window: int = 32, shuffle: bool = True):
+                 world_size: int = 1, sequence: int = 1, window: int = 32, shuffle: bool = True,
+                 keep_tokens: int = 0):
         if sequence < 1:
             raise ValueError(f"sequence must be >= 1, got {sequence}")
-        super().__init__(source, rank_tokens * sequence, seed, rank, world_size, window, shuffle)
+        super().__init__(source, rank_tokens * sequence, seed, rank, world_size, window, shuffle, keep_tokens)
         self.rank_tokens, self.sequence, self.cost = rank_tokens, sequence, cost
 
     def my_indices(self, epoch: int) -> list[int]:
@@ -47,6 +48,8 @@ class CostBalancedLoader(PackedLoader):
         size = self.window * self.world_size
         chunk = self.my_indices(epoch)[window_index * size : (window_index + 1) * size]
         lengths = {i: self.source.token_length(i) for i in chunk}
+        if self.keep_tokens:  # planned with what the flow loss keeps of a longer sample (as PackedLoader)
+            lengths = {i: None if n is None else min(n, self.keep_tokens) for i, n in lengths.items()}
         valid = [i for i in chunk if lengths[i] is not None]
         plan = plan_balanced_steps([lengths[i] for i in valid], [self.cost(lengths[i]) for i in valid],
                                    self.world_size, self.rank_tokens, self.sequence)

@@ -122,7 +122,7 @@ def test_causal_tubelet_trains_from_a_cache_with_long_samples_capped(tmp_path, a
 
 def test_keep_tokens_must_fit_a_row():
     with pytest.raises(ValueError, match="keep_tokens"):
-        train_video.DataConfig(row_tokens=32, max_tokens=32, keep_tokens=64)
+        train_video.RunConfig(data=train_video.DataConfig(row_tokens=32, max_tokens=32, keep_tokens=64))
     assert train_video.drop_rate(train_video.RunConfig(data=train_video.DataConfig(
         row_tokens=64, max_tokens=512, keep_tokens=64)))(256) == pytest.approx(0.75)
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from videodit.packing import num_tokens, pack, pack_like, token_timesteps, unpack
+from videodit.sequence_parallel import ParallelGroups, forward_shard, sample_means
 
 
 @dataclass
@@ -169,6 +170,7 @@ def flow_loss(
     drop_rate: float = 0.0,
     pixel_decoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
     cond_frames: Sequence[torch.Tensor] | None = None,
+    parallel: ParallelGroups | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rectified-flow loss of `model` on clean latents [(C, T_i, H_i, W_i)] with text [(L_i, D_text)].
 
@@ -184,10 +186,21 @@ def flow_loss(
     Random draws, in order: timesteps, text-drop mask, noise, token drop, pixel-term samples; all from
     `generator`.
 
+    `parallel` with a sequence size above 1: the ranks of its sequence group share the row (they pass the
+    same latents and equal generators) and each runs the model on its slice of the row's tokens
+    (`videodit.sequence_parallel.forward_shard`); per-sample losses are summed over the group, so every
+    rank returns the whole row's loss, and gradients reach this rank's tokens only (back-propagate
+    `scaled_for_mean_reducer(loss, size)` under a reducer that averages over all ranks). The pixel term
+    needs whole samples on one rank and is refused.
+
     Returns (loss scalar float32, per_sample (B,) float32): the latent loss of each sample; loss =
     per_sample.mean() plus the pixel term when it is on.
     """
     pixel_on = pixel_decoder is not None and cfg.pixel_weight > 0
+    sharded = parallel is not None and parallel.sequence_size > 1
+    if pixel_on and sharded:
+        raise ValueError(f"flow.pixel_weight > 0 needs whole samples on one rank; it cannot run with "
+                         f"parallel.sequence={parallel.sequence_size}")
     if pixel_on and drop_rate:
         raise ValueError("flow.pixel_weight > 0 needs token drop 0: a dropped token has no x0 prediction")
     if len(latents) != len(text_embeds):
@@ -216,22 +229,42 @@ def flow_loss(
         frame_t = [torch.where(c.cpu(), 0.0, t_i) for c, t_i in zip(cond_frames, t.tolist())]
         per_token = token_timesteps(packed, frame_t)  # (N,)
         is_cond = token_timesteps(packed, [c.float() for c in cond_frames]) > 0  # (N,)
-    extra = {} if per_token is None else {"token_timesteps": per_token}
-    pred = model.forward_packed(packed, t.to(latents[0].device), **extra)  # (N, D_in)
+    if sharded:  # this rank's tokens [shard.start, shard.end) of the row: n of N
+        pred, local, shard = forward_shard(model.forward_packed, packed, t.to(latents[0].device),
+                                           parallel.sequence_rank, parallel.sequence_size,
+                                           parallel.sequence_group, token_timesteps=per_token)  # (n, D_in)
+        rows = slice(shard.start, shard.end)
+        tokens, target = local.tokens, target[rows]  # (n, D_in)
+        sample_id = local.sample_id + shard.first_sample  # (n,) row sample of each token
+        if per_token is not None:
+            is_cond = is_cond[rows]  # (n,)
+    else:
+        extra = {} if per_token is None else {"token_timesteps": per_token}
+        pred = model.forward_packed(packed, t.to(latents[0].device), **extra)  # (N, D_in)
+        tokens, sample_id = packed.tokens, packed.sample_id
     prediction = getattr(model.config, "prediction", "velocity")
-    t_tok = t.to(pred.device)[packed.sample_id.to(pred.device)][:, None]  # (N, 1)
-    x_t = packed.tokens.to(pred.device).float()
+    sample_id = sample_id.to(pred.device)
+    t_tok = t.to(pred.device)[sample_id][:, None]  # (N, 1)
+    x_t = tokens.to(pred.device).float()
     if pixel_on:  # the x0 prediction, (N, D_in), for the pixel term
         x0_pred = pred.float() if prediction == "x0" else x_t - t_tok * pred.float()
     if prediction != "velocity":
         pred = to_velocity(pred.float(), x_t, t_tok, prediction)
     diff = pred.float() - target.float()  # (N, D_in)
     err = diff.pow(2).mean(dim=1)  # (N,)
-    sample_id = packed.sample_id.to(err.device)
-    if per_token is not None:  # conditioning tokens are given, not predicted
-        denoised = ~is_cond.to(err.device)
-        err, sample_id = err[denoised], sample_id[denoised]
-    per_sample = per_sample_mean(err, sample_id, packed.num_samples)  # (B,)
+    if sharded:  # means over each whole sample of the row, summed over the sequence group
+        group = parallel.sequence_group
+        if per_token is None:
+            per_sample = sample_means(err, local, shard, group)  # (B,)
+        else:  # conditioning tokens are given, not predicted: mean over the denoised ones
+            denoised = (~is_cond.to(err.device)).to(err.dtype)  # (n,)
+            per_sample = (sample_means(err * denoised, local, shard, group)
+                          / sample_means(denoised, local, shard, group))  # (B,)
+    else:
+        if per_token is not None:  # conditioning tokens are given, not predicted
+            denoised = ~is_cond.to(err.device)
+            err, sample_id = err[denoised], sample_id[denoised]
+        per_sample = per_sample_mean(err, sample_id, packed.num_samples)  # (B,)
     loss = per_sample.mean()
     if pixel_on:
         pixels = pixel_term(packed, x0_pred, latents, t, cfg, pixel_decoder, generator)

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from einops import rearrange
 
 from videodit.attention import attention
-from videodit.packing import PackedBatch
+from videodit.packing import PackedBatch, pack, token_timesteps, unpack
 
 
 @dataclass
@@ -243,13 +243,19 @@ class UlyssesAttention:
 
 
 def forward_shard(model, packed: PackedBatch, timesteps: torch.Tensor, rank: int, size: int, group=None,
-                  timer: CommTimer | None = None) -> tuple[torch.Tensor, PackedBatch, RowShard]:
+                  timer: CommTimer | None = None, token_timesteps: torch.Tensor | None = None,
+                  skip_blocks=None) -> tuple[torch.Tensor, PackedBatch, RowShard]:
     """Run `model` (a VideoDiT, or a wrapper whose forward takes `self_attention`) on rank `rank`'s slice
-    of the row `packed` with row timesteps `(S,)` -> (predictions `(n_r, D_in)` of the slice's tokens,
-    the slice, its shard). All ranks of `group` call it together with the same row."""
+    of the row `packed` with row timesteps `(S,)` (and, optionally, the row's per-token timesteps `(N,)`
+    and per-sample `skip_blocks`) -> (predictions `(n_r, D_in)` of the slice's tokens, the slice, its
+    shard). All ranks of `group` call it together with the same row."""
     local, shard = shard_packed(packed, rank, size)
     attend = UlyssesAttention(shard, group, timer)
-    out = model(local, timesteps[local_samples(local, shard)], self_attention=attend)  # (n_r, D_in)
+    mine = local_samples(local, shard)
+    extra = {} if token_timesteps is None else {"token_timesteps": token_timesteps[shard.start : shard.end]}
+    if skip_blocks is not None:
+        extra["skip_blocks"] = list(skip_blocks)[mine]
+    out = model(local, timesteps[mine], self_attention=attend, **extra)  # (n_r, D_in)
     return out, local, shard
 
 
@@ -306,3 +312,30 @@ def gather_row(local_out: torch.Tensor, shard: RowShard, group=None) -> torch.Te
     parts = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(parts, padded.contiguous(), group=group)
     return torch.cat([p[:n] for p, n in zip(parts, shard.splits)])  # (N, ...)
+
+
+class ShardedSampler:
+    """A VideoDiT for diffusion sampling across a sequence-parallel group: `forward_samples` packs the
+    samples into one row as the model does, runs this rank's slice (`forward_shard`) and gathers the whole
+    row's predictions on every rank (`gather_row`), so every rank takes the same solver step and holds the
+    same latents. All ranks of `group` call it together with the same samples. Has the model's `config`."""
+
+    def __init__(self, model, rank: int, size: int, group=None):
+        if model.config.num_heads % size:
+            raise ValueError(f"the model's {model.config.num_heads} heads cannot be split across {size} "
+                             f"sequence-parallel ranks: the number of ranks must divide the heads")
+        self.model, self.rank, self.size, self.group = model, rank, size, group
+        self.config = model.config
+
+    @torch.no_grad()
+    def forward_samples(self, latents: list[torch.Tensor], timesteps: torch.Tensor,
+                        text_embeds: list[torch.Tensor], skip_blocks=None,
+                        frame_timesteps=None) -> list[torch.Tensor]:
+        """As `VideoDiT.forward_samples`: latents [(C, T_i, H_i, W_i)] -> outputs like latents."""
+        cfg = self.config
+        packed = pack(latents, text_embeds, cfg.patch, causal=cfg.causal_tubelet)
+        per_token = None if frame_timesteps is None else token_timesteps(packed, frame_timesteps)  # (N,)
+        out, _, shard = forward_shard(self.model.forward_packed, packed, timesteps, self.rank, self.size,
+                                      self.group, token_timesteps=per_token, skip_blocks=skip_blocks)
+        row = gather_row(out, shard, self.group)  # (N, D_in)
+        return [z.to(latents[0].dtype) for z in unpack(packed, row, cfg.in_channels)]

@@ -3,8 +3,8 @@ engine, EMA, NaN skipping, logging, checkpoints, resume and `init_from`.
 
 A training script builds its model, data and loss as a `Task` and hands it to `train`. One optimizer step
 takes `deepspeed.grad_accum` micro-steps per rank; each micro-step's randomness comes from
-`step_generator(seed, rank, step, micro)`, a function of its position only, so a resumed run continues
-exactly as an unstopped one would.
+`step_generator(seed, data rank, step, micro)`, a function of its position only (ranks sharing a row draw
+alike), so a resumed run continues exactly as an unstopped one would.
 
 Checkpoints live under `<output_dir>/checkpoints/`:
 
@@ -48,6 +48,7 @@ from videodit.distributed import (
     init_distributed,
 )
 from videodit.ema import EMA
+from videodit.sequence_parallel import scaled_for_mean_reducer
 
 log = logging.getLogger("videodit.trainer")
 
@@ -192,6 +193,15 @@ class Session:
     world: int
     device: torch.device
     out: Path
+    # Ranks that share one row (sequence parallelism: videodit.sequence_parallel.parallel_groups puts
+    # ranks [k*sequence, (k+1)*sequence) together). They draw the same randomness, and each
+    # back-propagates the loss times `sequence`, so DeepSpeed's mean over all ranks sums each row's parts.
+    sequence: int = 1
+
+    @property
+    def data_rank(self) -> int:
+        """This rank's row among the data-parallel rows."""
+        return self.rank // self.sequence
 
 
 def start(cfg: TrainConfig, ds: DeepSpeedConfig) -> Session:
@@ -349,7 +359,7 @@ def train(task: Task, model: nn.Module, cfg: TrainConfig, ds: DeepSpeedConfig, s
         sums: dict[str, float] = {}
         done = attempt = 0
         while done < ds.grad_accum:  # one optimizer step = grad_accum micro-steps per rank
-            gen = step_generator(cfg.seed, rank, step, attempt)
+            gen = step_generator(cfg.seed, session.data_rank, step, attempt)
             attempt += 1
             loss, logs = task.loss(engine, step, gen)
             if any_rank(not bool(torch.isfinite(loss)), session.device):  # all ranks skip together
@@ -357,7 +367,7 @@ def train(task: Task, model: nn.Module, cfg: TrainConfig, ds: DeepSpeedConfig, s
                 log.warning("non-finite loss at step %d (rank-local %s): micro-step skipped, no update",
                             step, loss.item())
                 continue
-            engine.backward(loss)
+            engine.backward(scaled_for_mean_reducer(loss, session.sequence))
             engine.step()
             for k, v in {"loss": loss.item(), **logs}.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
