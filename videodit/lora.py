@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from videodit import wan_original
+from videodit.lora_spec import parse_lora_spec  # noqa: F401  (re-exported)
 from videodit.wan_diffusers import BLOCK_LINEARS, TOP_LINEARS
 
 DEFAULT_TARGETS = ("attn.qkv", "attn.proj", "cross.q", "cross.kv", "cross.proj")
@@ -111,20 +112,6 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(True)
     return model
-
-
-def parse_lora_spec(spec: str) -> tuple[Path, float]:
-    """"PATH" or "PATH:SCALE" (scale defaults to 1) -> (path, scale)."""
-    path, scale = spec, 1.0
-    head, sep, tail = spec.rpartition(":")
-    if sep and head:
-        try:
-            path, scale = head, float(tail)
-        except ValueError:
-            path = spec
-    if not Path(path).is_file():
-        raise ValueError(f"LoRA file {path!r} does not exist (expected PATH or PATH:SCALE)")
-    return Path(path), scale
 
 
 def _split_key(key: str) -> tuple[str, str]:
