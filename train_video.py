@@ -7,6 +7,12 @@ Data: raw videos from `data.manifest` (decoded, VAE- and text-encoded on the fly
 from `python -m data.precache` (`data.cache`). The loop, checkpoints and resume are `videodit.trainer`'s;
 each checkpoint holds the EMA weights as a `save_dit` folder (`ema/`) that `generate.py --ckpt` loads, and
 `<output_dir>/ema` is the newest of them.
+
+Fine-tuning Wan2.1 / Wan2.2 TI2V-5B: `train.init_from=<WanPipeline folder or Wan transformer folder>` takes
+the architecture and weights from that folder (videodit.wan_finetune; the model section may set only
+attention, grad_checkpointing and lora). `model.lora.rank` > 0 trains LoRA layers only and exports
+`ema/lora.safetensors` (diffusers/PEFT format); rank 0 fine-tunes every weight and exports
+`ema/transformer/` as a diffusers folder (a whole WanPipeline folder when init_from was one).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import json
 import logging
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -24,10 +30,12 @@ from data.loader import PackedLoader
 from data.precache import LatentCache
 from data.sampling import SamplingConfig
 from data.tasks import check_mix, sample_tasks
+from videodit import wan_finetune
 from videodit.checkpoint import load_dit, save_dit
 from videodit.config import load_config, to_dict
 from videodit.distributed import DeepSpeedConfig, all_gather_object, sum_over_ranks
 from videodit.flow import FlowConfig, flow_loss
+from videodit.lora import LoRAConfig
 from videodit.model import DiTConfig, VideoDiT
 from videodit.trainer import Session, TrainConfig, load_matching, parse_args, start, train
 
@@ -79,8 +87,35 @@ class PreviewConfig:
 
 
 @dataclass
+class ModelConfig(DiTConfig):
+    """The DiT's architecture, plus how to adapt a pretrained one."""
+
+    # LoRA of a pretrained Wan (train.init_from a Wan folder): rank > 0 trains only the LoRA layers
+    lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(rank=0))
+
+
+def architecture(model: ModelConfig) -> DiTConfig:
+    """The DiTConfig part of the model section (what VideoDiT and its checkpoints hold)."""
+    return DiTConfig(**{f.name: getattr(model, f.name) for f in fields(DiTConfig)})
+
+
+def model_keys(args) -> set[str]:
+    """The model keys a run's YAML file and --set overrides name."""
+    import yaml
+
+    data = yaml.safe_load(Path(args.config).read_text()) if args.config else None
+    keys = set((data or {}).get("model") or {})
+    return keys | {s.split("=", 1)[0].split(".")[1] for s in args.set if s.startswith("model.")}
+
+
+def is_wan(cfg: RunConfig) -> bool:
+    """True when the run fine-tunes a pretrained Wan (train.init_from is a Wan folder)."""
+    return bool(cfg.train.init_from) and wan_finetune.is_wan_folder(cfg.train.init_from)
+
+
+@dataclass
 class RunConfig:
-    model: DiTConfig = field(default_factory=DiTConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -106,8 +141,18 @@ def build_data(cfg: RunConfig, session: Session):
         from vae3d.io import load_vae
         from videodit.text_encoder import TextEncoder
 
-        vae = load_vae(cfg.data.vae, device=session.device).eval().requires_grad_(False)
-        text_encoder = TextEncoder(cfg.data.text_encoder, device=session.device)
+        vae_path, text_path = cfg.data.vae, cfg.data.text_encoder
+        if is_wan(cfg):  # the pipeline folder's VAE and UMT5 unless data.vae / data.text_encoder are given
+            base = cfg.train.init_from
+            if "default" in (vae_path, text_path) and not wan_finetune.is_pipeline_folder(base):
+                raise ValueError(f"train.init_from {base!r} is a Wan transformer folder: set data.vae "
+                                 "and data.text_encoder to its pipeline's vae/ and text_encoder/ (or "
+                                 "init_from the WanPipeline folder)")
+            vae_path = str(Path(base) / "vae") if vae_path == "default" else vae_path
+            text_path = base if text_path == "default" else text_path
+        vae = load_vae(vae_path, device=session.device).eval().requires_grad_(False)
+        text_encoder = (wan_finetune.text_encoder_for(text_path, device=session.device) if is_wan(cfg)
+                        else TextEncoder(text_path, device=session.device))
         if vae.latent_channels != cfg.model.in_channels or text_encoder.dim != cfg.model.text_dim:
             raise ValueError(
                 f"model.in_channels={cfg.model.in_channels} / model.text_dim={cfg.model.text_dim} do not "
@@ -230,8 +275,15 @@ class DiTTask:
         self.meta = dit_meta(cfg)
         self.rows = None  # iterator, made at the first step (after a resume restored the loader)
         self.positions = 0  # latent positions trained on since the last log record
+        self.wan = is_wan(cfg)
+        self.empty_text = None  # a Wan model's padded "" text: what a dropped sample attends to
+        if self.wan:
+            self.empty_text = (wan_finetune.empty_text(encoders[1]) if encoders is not None
+                               else LatentCache.empty_text(cfg.data.cache)).to(session.device)
 
     def init_from(self, model, folder: str) -> None:
+        if self.wan:
+            return  # the model was built from the folder's weights (wan_finetune.load_for_training)
         init_weights(model, folder)
 
     def loss(self, model, step: int, generator: torch.Generator):
@@ -244,8 +296,11 @@ class DiTTask:
             rng = random.Random(int(torch.randint(2**62, (1,), generator=generator)))
             _, cond = sample_tasks(self.cfg.data.tasks, [z.shape[1] for z in latents],
                                    tuple(self.cfg.model.patch), self.cfg.model.causal_tubelet, rng)
+        if self.wan:
+            texts = wan_finetune.pad_texts(texts)
         loss, _ = flow_loss(_EngineModel(model), latents, texts, self.cfg.flow, generator,
-                            drop_rate(self.cfg), self.pixel_decoder, cond_frames=cond)
+                            drop_rate(self.cfg), self.pixel_decoder, cond_frames=cond,
+                            empty_text=self.empty_text)
         return loss, {}
 
     def after_step(self, step: int, weights) -> None:
@@ -268,7 +323,11 @@ class DiTTask:
         self.loader.load_state_dict(state["loader"])
 
     def export(self, weights: dict, folder: Path) -> None:
-        model = VideoDiT(self.cfg.model)
+        if self.wan:
+            wan_finetune.export(weights, architecture(self.cfg.model), self.cfg.model.lora, folder,
+                                self.cfg.train.init_from)
+            return
+        model = VideoDiT(architecture(self.cfg.model))
         model.load_state_dict(weights)
         save_dit(model, folder, self.meta)
 
@@ -284,7 +343,7 @@ def write_preview(weights: dict, cfg: RunConfig, encoders, step: int, device) ->
     from videodit.video_request import VideoRequest, latent_shape
 
     vae, text_encoder = encoders
-    model = VideoDiT(cfg.model).to(device).eval()
+    model = VideoDiT(architecture(cfg.model)).to(device).eval()
     model.load_state_dict(weights)
     frames, height, width = cfg.preview.size
     size = latent_shape(frames, height, width, vae.temporal_stride, vae.spatial_stride)
@@ -304,9 +363,22 @@ def main(argv=None) -> list[dict]:
     """Train; returns the logged records (also in <output_dir>/metrics.jsonl)."""
     args = parse_args(__doc__, argv)
     cfg = load_config(RunConfig, args.config, args.set)
+    base = cfg.train.init_from
+    if is_wan(cfg):
+        dit_cfg = wan_finetune.wan_model_config(base, architecture(cfg.model), model_keys(args))
+        cfg.model = ModelConfig(**{f.name: getattr(dit_cfg, f.name) for f in fields(DiTConfig)},
+                                lora=cfg.model.lora)
+    elif cfg.model.lora.rank:
+        raise ValueError(f"model.lora.rank={cfg.model.lora.rank} needs train.init_from a pretrained Wan "
+                         f"folder (WanPipeline or WanTransformer3DModel); got {base!r}")
     session = start(cfg.train, cfg.deepspeed)
+    if is_wan(cfg):
+        log.info("model architecture from %s (Wan: %d blocks, width %d, ffn %d), not the config's model "
+                 "section; %s", base, cfg.model.depth, cfg.model.hidden_size, cfg.model.ffn_dim,
+                 f"LoRA rank {cfg.model.lora.rank}" if cfg.model.lora.rank else "full fine-tune")
     loader, encoders = build_data(cfg, session)
-    model = VideoDiT(cfg.model)
+    model = (wan_finetune.load_for_training(base, architecture(cfg.model), cfg.model.lora) if is_wan(cfg)
+             else VideoDiT(architecture(cfg.model)))
     result = train(DiTTask(cfg, loader, encoders, session), model, cfg.train, cfg.deepspeed, session,
                    to_dict(cfg), export_name="ema")
     skipped = all_gather_object(loader.source.stats.get("skipped", 0))

@@ -32,6 +32,7 @@ from data.sampling import SamplingConfig, latent_token_count
 
 log = logging.getLogger(__name__)
 INDEX = "index.json"
+EMPTY_TEXT = "empty_text.safetensors"  # a Wan cache's encoding of "" (unpadded), for text dropout
 
 
 def shard_name(k: int) -> str:
@@ -143,6 +144,18 @@ class LatentCache:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @staticmethod
+    def empty_text(folder: str | Path) -> torch.Tensor:
+        """A Wan cache's padded encoding of "" (512, D) float32 (`precache(..., wan=True)` stores it)."""
+        from videodit.wan_text import TEXT_LEN, pad_text
+
+        path = Path(folder) / EMPTY_TEXT
+        if not path.is_file():
+            raise ValueError(f"latent cache {str(folder)!r} has no {EMPTY_TEXT} (the encoding of \"\" a Wan "
+                             "model trains with for guidance); rebuild it with python -m data.precache --wan")
+        with safe_open(str(path), framework="pt") as f:
+            return pad_text(f.get_tensor("text").float(), TEXT_LEN)
 
     def set_epoch(self, epoch: int) -> None:  # the cache holds one fixed crop per clip
         pass

@@ -36,14 +36,14 @@ ADAPTER = "default"
 
 @dataclass
 class LoRAConfig:
-    rank: int = 16  # r: the LoRA matrices' inner width
+    rank: int = 16  # r: the LoRA matrices' inner width; 0 = no LoRA (a run's full fine-tune)
     alpha: float = 16.0  # the update is scaled by alpha / rank
     # VideoDiT block linears to adapt; any of videodit.wan_diffusers.BLOCK_LINEARS
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
 
     def __post_init__(self):
-        if self.rank < 1:
-            raise ValueError(f"lora rank must be >= 1, got {self.rank}")
+        if self.rank < 0:
+            raise ValueError(f"lora rank must be >= 0 (0 = no LoRA), got {self.rank}")
         if self.alpha <= 0:
             raise ValueError(f"lora alpha must be > 0, got {self.alpha}")
         bad = [t for t in self.target_modules if t not in BLOCK_LINEARS]
@@ -56,6 +56,9 @@ def add_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     """Inject LoRA layers (peft) into `model`'s blocks in place; freeze everything else. Returns `model`."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import inject_adapter_in_model
+
+    if cfg.rank < 1:
+        raise ValueError(f"add_lora needs lora rank >= 1, got {cfg.rank}")
 
     names = [f"blocks.{i}.{t}" for i in range(len(model.blocks)) for t in cfg.target_modules]
     peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=names, lora_dropout=0.0)
