@@ -184,3 +184,36 @@ def test_two_ranks_zero2_lora(tmp_path, assets):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "world size 2, ZeRO stage 2" in (out / "train.log").read_text()
     assert (out / "ema" / wan_finetune.LORA_FILE).is_file()
+
+
+def test_precache_with_a_wan_pipeline_then_train_from_it(tmp_path, assets, one_rank):
+    """Latents from the Wan VAE (vae3d's adapter), UMT5 text unpadded as Wan encodes it, the encoding of ""
+    stored; a fine-tune from that cache pads them."""
+    from data import precache as precache_cli
+    from data.precache import EMPTY_TEXT, LatentCache
+    from vae3d.io import load_vae
+    from videodit.wan_pipeline import load_wan_pipeline
+    from videodit.wan_text import encode_prompts, pad_text
+
+    cache = tmp_path / "cache"
+    precache_cli.main(["--manifest", str(assets["manifest"]), "--out", str(cache),
+                       "--wan", str(assets["folder"]), "--max-tokens", "32", "--min-tokens", "8",
+                       "--max-frames", "9"])
+    source = LatentCache(cache)
+    assert len(source) == 4 and (cache / EMPTY_TEXT).is_file()
+    parts = load_wan_pipeline(assets["folder"], vae=False)
+    sample = source.load(0)
+    want = encode_prompts(parts.text_encoder, [sample["caption"]])[0]
+    assert sample["text"].shape == want.shape and sample["text"].shape[0] < TEXT_LEN  # stored unpadded
+    torch.testing.assert_close(sample["text"], want, rtol=0, atol=1e-5)
+    empty = encode_prompts(parts.text_encoder, [""])[0]
+    torch.testing.assert_close(LatentCache.empty_text(cache), pad_text(empty), rtol=0, atol=1e-5)
+    assert sample["latent"].shape[0] == 16 == load_vae(assets["folder"] / "vae").latent_channels
+    records = run(tmp_path, assets, tmp_path / "from_cache",
+                  **{"data.cache": cache, "data.manifest": "", "train.max_steps": 1})
+    assert records[0]["step"] == 1 and records[0]["loss"] == records[0]["loss"]
+    no_empty = tmp_path / "no_empty"
+    shutil.copytree(cache, no_empty)
+    (no_empty / EMPTY_TEXT).unlink()
+    with pytest.raises(ValueError, match="rebuild it with python -m data.precache --wan"):
+        LatentCache.empty_text(no_empty)
