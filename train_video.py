@@ -77,13 +77,15 @@ class DataConfig:
 
 @dataclass
 class PreviewConfig:
-    """Sample videos from the EMA weights during training (raw-data mode: it needs the VAE and the text
-    encoder), written to <output_dir>/samples/."""
+    """Sample videos from the EMA weights during training, written to <output_dir>/samples/ as mp4s and to
+    tensorboard (first, middle and last frame). It needs the VAE and the text encoder: raw-data mode, or a
+    Wan fine-tune from a WanPipeline folder (whose parts it loads)."""
 
     every: int = 0  # steps between previews; 0 = off
     prompts: tuple[str, ...] = ("a red ball bouncing",)
     size: tuple[int, int, int] = (5, 32, 32)  # frames, height, width
     steps: int = 20  # sampling steps
+    guidance: float = 5.0  # classifier-free guidance scale (a Wan model's unconditional text is "")
 
 
 @dataclass
@@ -276,6 +278,7 @@ class DiTTask:
         self.rows = None  # iterator, made at the first step (after a resume restored the loader)
         self.positions = 0  # latent positions trained on since the last log record
         self.wan = is_wan(cfg)
+        self.preview_only = False  # encoders loaded for previews only (a cache-mode Wan fine-tune)
         self.empty_text = None  # a Wan model's padded "" text: what a dropped sample attends to
         if self.wan:
             self.empty_text = (wan_finetune.empty_text(encoders[1]) if encoders is not None
@@ -289,7 +292,8 @@ class DiTTask:
     def loss(self, model, step: int, generator: torch.Generator):
         if self.rows is None:
             self.rows = iter(self.loader)
-        latents, texts = row_to_latents(next(self.rows), self.encoders, self.session.device)
+        encoders = None if self.preview_only else self.encoders
+        latents, texts = row_to_latents(next(self.rows), encoders, self.session.device)
         self.positions += sum(z[0].numel() for z in latents)
         cond = None
         if {k for k, w in self.cfg.data.tasks.items() if w > 0} != {"t2v"}:
@@ -308,7 +312,13 @@ class DiTTask:
         if every and step % every == 0:
             state = weights()
             if self.session.rank == 0:
-                write_preview(state, self.cfg, self.encoders, step, self.session.device)
+                base = self.cfg.train.init_from
+                if self.encoders is None and self.wan and wan_finetune.is_pipeline_folder(base):
+                    self.encoders = preview_encoders(base, self.session.device)
+                    self.preview_only = True
+                paths = write_preview(state, self.cfg, self.encoders, step, self.session.device)
+                if paths:
+                    preview_to_tensorboard(paths, Path(self.cfg.train.output_dir) / "tb", step)
 
     def log_fields(self, seconds: float) -> dict:
         skipped = sum_over_ranks(self.loader.source.stats.get("skipped", 0), self.session.device)
@@ -332,28 +342,66 @@ class DiTTask:
         save_dit(model, folder, self.meta)
 
 
+def preview_encoders(folder: str, device):
+    """A WanPipeline folder's (VAE, Wan prompt encoder), for previews of a fine-tune from a latent cache."""
+    from vae3d.io import load_vae
+
+    vae = load_vae(Path(folder) / "vae", device=device).eval().requires_grad_(False)
+    return vae, wan_finetune.text_encoder_for(folder, device=device)
+
+
+def preview_to_tensorboard(paths: list[Path], folder: Path, step: int) -> None:
+    """Each preview mp4's first, middle and last frame as images `preview/<i>` in tensorboard at `step`."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from videodit.mp4 import read_mp4
+
+    with SummaryWriter(str(folder)) as writer:
+        for i, path in enumerate(paths):
+            frames = read_mp4(path)  # (F, H, W, 3) uint8
+            picked = frames[[0, len(frames) // 2, len(frames) - 1]]
+            writer.add_images(f"preview/{i}", picked, step, dataformats="NHWC")
+
+
 @torch.no_grad()
-def write_preview(weights: dict, cfg: RunConfig, encoders, step: int, device) -> None:
-    """Sample `cfg.preview.prompts` with `weights` into <output_dir>/samples/step<N>_<i>.mp4."""
+def write_preview(weights: dict, cfg: RunConfig, encoders, step: int, device) -> list[Path]:
+    """Sample `cfg.preview.prompts` with `weights` into <output_dir>/samples/step<N>_<i>.mp4 -> the paths
+    (none when there is no VAE and text encoder)."""
     if encoders is None:
-        log.info("preview videos need data.manifest mode (VAE + text encoder); skipped")
-        return
+        log.info("preview videos need data.manifest mode (VAE + text encoder) or a WanPipeline init_from; "
+                 "skipped")
+        return []
     from videodit.pipeline import decode_to_mp4
     from videodit.sampling import Request, sample
     from videodit.video_request import VideoRequest, latent_shape
 
     vae, text_encoder = encoders
-    model = VideoDiT(architecture(cfg.model)).to(device).eval()
-    model.load_state_dict(weights)
     frames, height, width = cfg.preview.size
     size = latent_shape(frames, height, width, vae.temporal_stride, vae.spatial_stride)
     texts, _ = text_encoder.encode(list(cfg.preview.prompts))
-    reqs = [Request(size=size, text=t.float(), seed=i) for i, t in enumerate(texts)]
-    latents = sample(model, reqs, steps=cfg.preview.steps, flow_cfg=cfg.flow, device=device, progress=False)
+    if is_wan(cfg):
+        from videodit.wan_sampling import sample_wan
+
+        model = wan_finetune.merged_model(architecture(cfg.model), weights, cfg.model.lora).to(device)
+        empty = wan_finetune.empty_text(text_encoder)
+        reqs = [Request(size=size, text=t.float(), seed=i, negative=empty)
+                for i, t in enumerate(wan_finetune.pad_texts(texts))]
+        latents = sample_wan(model, reqs, wan_finetune.scheduler_config(cfg.train.init_from),
+                             steps=cfg.preview.steps, guidance=cfg.preview.guidance, device=device,
+                             progress=False)
+    else:
+        model = VideoDiT(architecture(cfg.model)).to(device).eval()
+        model.load_state_dict(weights)
+        reqs = [Request(size=size, text=t.float(), seed=i) for i, t in enumerate(texts)]
+        latents = sample(model, reqs, steps=cfg.preview.steps, guidance=cfg.preview.guidance,
+                         flow_cfg=cfg.flow, device=device, progress=False)
     folder = Path(cfg.train.output_dir) / "samples"
+    paths = []
     for i, (prompt, z) in enumerate(zip(cfg.preview.prompts, latents)):
         request = VideoRequest(prompt, frames, height, width, i, "", folder / f"step{step:08d}_{i}.mp4")
         decode_to_mp4(z, request, vae, fps=8.0)
+        paths.append(request.out)
+    return paths
 
 
 # ------------------------------------------------------------------ main

@@ -21,6 +21,7 @@ from videodit import wan_finetune
 from videodit.flow import FlowConfig, flow_loss
 from videodit.lora import LoRAConfig, merge_lora
 from videodit.model import VideoDiT
+from videodit.mp4 import read_mp4
 from videodit.wan_text import TEXT_LEN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,3 +218,20 @@ def test_precache_with_a_wan_pipeline_then_train_from_it(tmp_path, assets, one_r
     (no_empty / EMPTY_TEXT).unlink()
     with pytest.raises(ValueError, match="rebuild it with python -m data.precache --wan"):
         LatentCache.empty_text(no_empty)
+
+
+def test_previews_of_a_wan_lora_run_as_mp4s_and_tensorboard_images(tmp_path, assets, one_rank):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "preview"
+    run(tmp_path, assets, out, **{"model.lora.rank": 2, "train.max_steps": 2, "preview.every": 2,
+                                  "preview.prompts": '["a dog in the snow", "a red ball"]',
+                                  "preview.steps": 2})
+    for i in range(2):
+        video = read_mp4(out / "samples" / f"step00000002_{i}.mp4")
+        assert video.shape == (5, 32, 32, 3)
+    events = EventAccumulator(str(out / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert {"preview/0", "preview/1"} <= set(events.Tags()["images"])
+    images = events.Images("preview/0")
+    assert [e.step for e in images] == [2] and images[0].height == 32 and images[0].width >= 3 * 32
