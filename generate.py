@@ -26,6 +26,11 @@ sequence parallelism, `videodit.sequence_parallel.ShardedSampler`; N must divide
 predictions are gathered on every rank, and rank 0 alone decodes and writes the videos. The videos are
 those one rank would write.
 
+`--ckpt` also takes a diffusers WanPipeline folder (e.g. Wan2.1-T2V-1.3B-Diffusers, downloaded beforehand):
+its transformer, VAE, UMT5 text encoder and scheduler are used, and sampling follows diffusers' WanPipeline
+(its scheduler, 50 steps and guidance 5 by default, the negative prompt or "" as the unconditional input),
+text to video only. `--lora PATH[:SCALE]` (repeatable) merges LoRA files into the DiT at that scale.
+
 Every argument is checked before anything heavy is imported or loaded; bad input exits with one line on
 stderr (status 2). torch, diffusers and transformers are imported only after validation, so that a typo
 costs milliseconds, not seconds; init videos are decoded next, before any model is loaded.
@@ -41,6 +46,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from videodit.lora_spec import parse_lora_spec
 from videodit.video_reader import first_frames, read_conditioning
 from videodit.video_request import (
     DEFAULT_STRENGTH,
@@ -105,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="VAE to decode with: 'default' or a VAE folder (default: the checkpoint's own). "
                         "It must share the checkpoint VAE's latent space, e.g. a decoder fine-tuned with "
                         "its encoder frozen")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="merge this LoRA (diffusers/PEFT or original Wan safetensors) into the DiT at SCALE "
+                        "(default 1); repeatable")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--out", type=Path, help="output .mp4 (or a folder with --prompts-file)")
@@ -134,6 +143,8 @@ def _check_ckpt(ckpt: str) -> None:
     folder = Path(ckpt)
     if not folder.is_dir():
         raise ValueError(f"--ckpt {ckpt!r} does not exist")
+    if (folder / "model_index.json").is_file():
+        return  # a diffusers pipeline folder: its class and parts are checked when it loads
     for name in ("config.json", "model.safetensors"):
         if not (folder / name).is_file():
             raise ValueError(f"--ckpt {ckpt!r} is not a DiT checkpoint folder (no {name})")
@@ -145,6 +156,17 @@ def _check_vae(vae: str | None) -> None:
     folder = Path(vae)
     if not (folder / "config.json").is_file() and not (folder / "vae" / "config.json").is_file():
         raise ValueError(f"--vae {vae!r} is not 'default' or a VAE folder with config.json")
+
+
+def _check_wan_args(args: argparse.Namespace) -> None:
+    """A WanPipeline folder samples with its own scheduler and text-to-video only."""
+    given = {"--sampler": args.sampler, "--cfg-interval": args.cfg_interval,
+             "--skip-guidance": args.skip_guidance, "--skip-blocks": args.skip_blocks,
+             "--init-video": args.init_video, "--image": args.image, "--extend": args.extend}
+    bad = [name for name, value in given.items() if value is not None]
+    if bad:
+        raise ValueError(f"--ckpt {args.ckpt!r} is a Wan pipeline folder, which samples with its own "
+                         f"scheduler, text to video only; drop {', '.join(bad)}")
 
 
 def validate(args: argparse.Namespace) -> list[VideoRequest]:
@@ -186,6 +208,10 @@ def validate(args: argparse.Namespace) -> list[VideoRequest]:
         raise ValueError(f"--device {args.device!r} must be auto, cpu, cuda, cuda:N or mps")
     _check_ckpt(args.ckpt)
     _check_vae(args.vae)
+    for spec in args.lora:
+        parse_lora_spec(spec)
+    if (Path(args.ckpt) / "model_index.json").is_file():
+        _check_wan_args(args)
     if args.out is not None and str(args.out) == "":
         raise ValueError("--out must not be empty")
 
@@ -229,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
 
         rank, world, device = _join_ranks(args.device)
         pipe = pipeline.load_pipeline(args.ckpt, args.vae, device, args.dtype)
+        if args.lora:
+            from videodit.lora import apply_lora_files
+
+            apply_lora_files(pipe.dit, [parse_lora_spec(spec) for spec in args.lora])
         if world > 1:  # the ranks share every denoising pass
             from videodit.sequence_parallel import ShardedSampler
 

@@ -16,6 +16,12 @@ Data: raw videos from `data.manifest` (decoded, VAE- and text-encoded on the fly
 from `python -m data.precache` (`data.cache`). The loop, checkpoints and resume are `videodit.trainer`'s;
 each checkpoint holds the EMA weights as a `save_dit` folder (`ema/`) that `generate.py --ckpt` loads, and
 `<output_dir>/ema` is the newest of them.
+
+Fine-tuning Wan2.1 / Wan2.2 TI2V-5B: `train.init_from=<WanPipeline folder or Wan transformer folder>` takes
+the architecture and weights from that folder (videodit.wan_finetune; the model section may set only
+attention, grad_checkpointing and lora). `model.lora.rank` > 0 trains LoRA layers only and exports
+`ema/lora.safetensors` (diffusers/PEFT format); rank 0 fine-tunes every weight and exports
+`ema/transformer/` as a diffusers folder (a whole WanPipeline folder when init_from was one).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import json
 import logging
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -34,11 +40,13 @@ from data.balanced_loader import CostBalancedLoader
 from data.precache import LatentCache
 from data.sampling import SamplingConfig
 from data.tasks import check_mix, sample_tasks
+from videodit import wan_finetune
 from videodit.checkpoint import load_dit, save_dit
 from videodit.config import load_config, to_dict
 from videodit.cost_model import CostModel, cost_model, row_tokens_for_memory, step_metrics
 from videodit.distributed import DeepSpeedConfig, all_gather_object, sum_over_ranks
 from videodit.flow import FlowConfig, flow_loss
+from videodit.lora import LoRAConfig
 from videodit.model import DiTConfig, VideoDiT
 from videodit.packing import num_tokens
 from videodit.sequence_parallel import ParallelConfig, ParallelGroups, parallel_groups
@@ -109,18 +117,47 @@ class VideoTrainConfig(TrainConfig):
 
 @dataclass
 class PreviewConfig:
-    """Sample videos from the EMA weights during training (raw-data mode: it needs the VAE and the text
-    encoder), written to <output_dir>/samples/."""
+    """Sample videos from the EMA weights during training, written to <output_dir>/samples/ as mp4s and to
+    tensorboard (first, middle and last frame). It needs the VAE and the text encoder: raw-data mode, or a
+    Wan fine-tune from a WanPipeline folder (whose parts it loads)."""
 
     every: int = 0  # steps between previews; 0 = off
     prompts: tuple[str, ...] = ("a red ball bouncing",)
     size: tuple[int, int, int] = (5, 32, 32)  # frames, height, width
     steps: int = 20  # sampling steps
+    guidance: float = 5.0  # classifier-free guidance scale (a Wan model's unconditional text is "")
+
+
+@dataclass
+class ModelConfig(DiTConfig):
+    """The DiT's architecture, plus how to adapt a pretrained one."""
+
+    # LoRA of a pretrained Wan (train.init_from a Wan folder): rank > 0 trains only the LoRA layers
+    lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(rank=0))
+
+
+def architecture(model: ModelConfig) -> DiTConfig:
+    """The DiTConfig part of the model section (what VideoDiT and its checkpoints hold)."""
+    return DiTConfig(**{f.name: getattr(model, f.name) for f in fields(DiTConfig)})
+
+
+def model_keys(args) -> set[str]:
+    """The model keys a run's YAML file and --set overrides name."""
+    import yaml
+
+    data = yaml.safe_load(Path(args.config).read_text()) if args.config else None
+    keys = set((data or {}).get("model") or {})
+    return keys | {s.split("=", 1)[0].split(".")[1] for s in args.set if s.startswith("model.")}
+
+
+def is_wan(cfg: RunConfig) -> bool:
+    """True when the run fine-tunes a pretrained Wan (train.init_from is a Wan folder)."""
+    return bool(cfg.train.init_from) and wan_finetune.is_wan_folder(cfg.train.init_from)
 
 
 @dataclass
 class RunConfig:
-    model: DiTConfig = field(default_factory=DiTConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: VideoTrainConfig = field(default_factory=VideoTrainConfig)
@@ -177,8 +214,18 @@ def build_data(cfg: RunConfig, session: Session, groups: ParallelGroups, rank_to
         from vae3d.io import load_vae
         from videodit.text_encoder import TextEncoder
 
-        vae = load_vae(cfg.data.vae, device=session.device).eval().requires_grad_(False)
-        text_encoder = TextEncoder(cfg.data.text_encoder, device=session.device)
+        vae_path, text_path = cfg.data.vae, cfg.data.text_encoder
+        if is_wan(cfg):  # the pipeline folder's VAE and UMT5 unless data.vae / data.text_encoder are given
+            base = cfg.train.init_from
+            if "default" in (vae_path, text_path) and not wan_finetune.is_pipeline_folder(base):
+                raise ValueError(f"train.init_from {base!r} is a Wan transformer folder: set data.vae "
+                                 "and data.text_encoder to its pipeline's vae/ and text_encoder/ (or "
+                                 "init_from the WanPipeline folder)")
+            vae_path = str(Path(base) / "vae") if vae_path == "default" else vae_path
+            text_path = base if text_path == "default" else text_path
+        vae = load_vae(vae_path, device=session.device).eval().requires_grad_(False)
+        text_encoder = (wan_finetune.text_encoder_for(text_path, device=session.device) if is_wan(cfg)
+                        else TextEncoder(text_path, device=session.device))
         if vae.latent_channels != cfg.model.in_channels or text_encoder.dim != cfg.model.text_dim:
             raise ValueError(
                 f"model.in_channels={cfg.model.in_channels} / model.text_dim={cfg.model.text_dim} do not "
@@ -307,14 +354,23 @@ class DiTTask:
         self.rows = None  # iterator, made at the first step (after a resume restored the loader)
         self.positions = 0  # latent positions trained on since the last log record
         self.trained: list[tuple[list[int], list[int]]] = []  # (video, text) tokens per sample of each row
+        self.wan = is_wan(cfg)
+        self.preview_only = False  # encoders loaded for previews only (a cache-mode Wan fine-tune)
+        self.empty_text = None  # a Wan model's padded "" text: what a dropped sample attends to
+        if self.wan:
+            self.empty_text = (wan_finetune.empty_text(encoders[1]) if encoders is not None
+                               else LatentCache.empty_text(cfg.data.cache)).to(session.device)
 
     def init_from(self, model, folder: str) -> None:
+        if self.wan:
+            return  # the model was built from the folder's weights (wan_finetune.load_for_training)
         init_weights(model, folder)
 
     def loss(self, model, step: int, generator: torch.Generator):
         if self.rows is None:
             self.rows = iter(self.loader)
-        latents, texts = row_to_latents(next(self.rows), self.encoders, self.session.device)
+        encoders = None if self.preview_only else self.encoders
+        latents, texts = row_to_latents(next(self.rows), encoders, self.session.device)
         self.positions += sum(z[0].numel() for z in latents)
         lengths = [num_tokens(tuple(z.shape[1:]), tuple(self.cfg.model.patch), self.cfg.model.causal_tubelet)
                    for z in latents]
@@ -325,8 +381,11 @@ class DiTTask:
             rng = random.Random(int(torch.randint(2**62, (1,), generator=generator)))
             _, cond = sample_tasks(self.cfg.data.tasks, [z.shape[1] for z in latents],
                                    tuple(self.cfg.model.patch), self.cfg.model.causal_tubelet, rng)
+        if self.wan:
+            texts = wan_finetune.pad_texts(texts)
         loss, _ = flow_loss(_EngineModel(model), latents, texts, self.cfg.flow, generator,
-                            drop_rate(self.cfg), self.pixel_decoder, cond_frames=cond, parallel=self.groups)
+                            drop_rate(self.cfg), self.pixel_decoder, cond_frames=cond, parallel=self.groups,
+                            empty_text=self.empty_text)
         return loss, {}
 
     def after_step(self, step: int, weights) -> None:
@@ -334,7 +393,13 @@ class DiTTask:
         if every and step % every == 0:
             state = weights()
             if self.session.rank == 0:
-                write_preview(state, self.cfg, self.encoders, step, self.session.device)
+                base = self.cfg.train.init_from
+                if self.encoders is None and self.wan and wan_finetune.is_pipeline_folder(base):
+                    self.encoders = preview_encoders(base, self.session.device)
+                    self.preview_only = True
+                paths = write_preview(state, self.cfg, self.encoders, step, self.session.device)
+                if paths:
+                    preview_to_tensorboard(paths, Path(self.cfg.train.output_dir) / "tb", step)
 
     def log_fields(self, seconds: float) -> dict:
         lead = self.groups.sequence_rank == 0  # the ranks of a sequence group read the same samples
@@ -373,33 +438,75 @@ class DiTTask:
         self.loader.load_state_dict(state["loader"])
 
     def export(self, weights: dict, folder: Path) -> None:
-        model = VideoDiT(self.cfg.model)
+        if self.wan:
+            wan_finetune.export(weights, architecture(self.cfg.model), self.cfg.model.lora, folder,
+                                self.cfg.train.init_from)
+            return
+        model = VideoDiT(architecture(self.cfg.model))
         model.load_state_dict(weights)
         save_dit(model, folder, self.meta)
 
 
+def preview_encoders(folder: str, device):
+    """A WanPipeline folder's (VAE, Wan prompt encoder), for previews of a fine-tune from a latent cache."""
+    from vae3d.io import load_vae
+
+    vae = load_vae(Path(folder) / "vae", device=device).eval().requires_grad_(False)
+    return vae, wan_finetune.text_encoder_for(folder, device=device)
+
+
+def preview_to_tensorboard(paths: list[Path], folder: Path, step: int) -> None:
+    """Each preview mp4's first, middle and last frame as images `preview/<i>` in tensorboard at `step`."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from videodit.mp4 import read_mp4
+
+    with SummaryWriter(str(folder)) as writer:
+        for i, path in enumerate(paths):
+            frames = read_mp4(path)  # (F, H, W, 3) uint8
+            picked = frames[[0, len(frames) // 2, len(frames) - 1]]
+            writer.add_images(f"preview/{i}", picked, step, dataformats="NHWC")
+
+
 @torch.no_grad()
-def write_preview(weights: dict, cfg: RunConfig, encoders, step: int, device) -> None:
-    """Sample `cfg.preview.prompts` with `weights` into <output_dir>/samples/step<N>_<i>.mp4."""
+def write_preview(weights: dict, cfg: RunConfig, encoders, step: int, device) -> list[Path]:
+    """Sample `cfg.preview.prompts` with `weights` into <output_dir>/samples/step<N>_<i>.mp4 -> the paths
+    (none when there is no VAE and text encoder)."""
     if encoders is None:
-        log.info("preview videos need data.manifest mode (VAE + text encoder); skipped")
-        return
+        log.info("preview videos need data.manifest mode (VAE + text encoder) or a WanPipeline init_from; "
+                 "skipped")
+        return []
     from videodit.pipeline import decode_to_mp4
     from videodit.sampling import Request, sample
     from videodit.video_request import VideoRequest, latent_shape
 
     vae, text_encoder = encoders
-    model = VideoDiT(cfg.model).to(device).eval()
-    model.load_state_dict(weights)
     frames, height, width = cfg.preview.size
     size = latent_shape(frames, height, width, vae.temporal_stride, vae.spatial_stride)
     texts, _ = text_encoder.encode(list(cfg.preview.prompts))
-    reqs = [Request(size=size, text=t.float(), seed=i) for i, t in enumerate(texts)]
-    latents = sample(model, reqs, steps=cfg.preview.steps, flow_cfg=cfg.flow, device=device, progress=False)
+    if is_wan(cfg):
+        from videodit.wan_sampling import sample_wan
+
+        model = wan_finetune.merged_model(architecture(cfg.model), weights, cfg.model.lora).to(device)
+        empty = wan_finetune.empty_text(text_encoder)
+        reqs = [Request(size=size, text=t.float(), seed=i, negative=empty)
+                for i, t in enumerate(wan_finetune.pad_texts(texts))]
+        latents = sample_wan(model, reqs, wan_finetune.scheduler_config(cfg.train.init_from),
+                             steps=cfg.preview.steps, guidance=cfg.preview.guidance, device=device,
+                             progress=False)
+    else:
+        model = VideoDiT(architecture(cfg.model)).to(device).eval()
+        model.load_state_dict(weights)
+        reqs = [Request(size=size, text=t.float(), seed=i) for i, t in enumerate(texts)]
+        latents = sample(model, reqs, steps=cfg.preview.steps, guidance=cfg.preview.guidance,
+                         flow_cfg=cfg.flow, device=device, progress=False)
     folder = Path(cfg.train.output_dir) / "samples"
+    paths = []
     for i, (prompt, z) in enumerate(zip(cfg.preview.prompts, latents)):
         request = VideoRequest(prompt, frames, height, width, i, "", folder / f"step{step:08d}_{i}.mp4")
         decode_to_mp4(z, request, vae, fps=8.0)
+        paths.append(request.out)
+    return paths
 
 
 # ------------------------------------------------------------------ main
@@ -409,11 +516,24 @@ def main(argv=None) -> list[dict]:
     """Train; returns the logged records (also in <output_dir>/metrics.jsonl)."""
     args = parse_args(__doc__, argv)
     cfg = load_config(RunConfig, args.config, args.set)
+    base = cfg.train.init_from
+    if is_wan(cfg):
+        dit_cfg = wan_finetune.wan_model_config(base, architecture(cfg.model), model_keys(args))
+        cfg.model = ModelConfig(**{f.name: getattr(dit_cfg, f.name) for f in fields(DiTConfig)},
+                                lora=cfg.model.lora)
+    elif cfg.model.lora.rank:
+        raise ValueError(f"model.lora.rank={cfg.model.lora.rank} needs train.init_from a pretrained Wan "
+                         f"folder (WanPipeline or WanTransformer3DModel); got {base!r}")
     session = start(cfg.train, cfg.deepspeed)
     groups = parallel_groups(cfg.parallel.sequence)  # every rank, in the same order
     session = dataclasses.replace(session, sequence=groups.sequence_size)
-    model = VideoDiT(cfg.model)
-    cost = cost_model(cfg.model, cfg.deepspeed.precision)
+    if is_wan(cfg):
+        log.info("model architecture from %s (Wan: %d blocks, width %d, ffn %d), not the config's model "
+                 "section; %s", base, cfg.model.depth, cfg.model.hidden_size, cfg.model.ffn_dim,
+                 f"LoRA rank {cfg.model.lora.rank}" if cfg.model.lora.rank else "full fine-tune")
+    model = (wan_finetune.load_for_training(base, architecture(cfg.model), cfg.model.lora) if is_wan(cfg)
+             else VideoDiT(architecture(cfg.model)))
+    cost = cost_model(architecture(cfg.model), cfg.deepspeed.precision)
     rank_tokens = rank_row_tokens(cfg, model, cost, groups)
     loader, encoders = build_data(cfg, session, groups, rank_tokens, cost)
     if groups.sequence_size > 1:

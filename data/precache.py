@@ -1,6 +1,7 @@
 """Latent cache: encode a manifest's clips (VAE) and captions (text encoder) once, train from the cache.
 
     python -m data.precache --manifest M --out DIR [--vae default] [--text-encoder default]
+    python -m data.precache --manifest M --out DIR --wan WAN_PIPELINE_FOLDER    (a Wan model's cache)
     deepspeed --num_accelerators N data/precache.py ...   (ranks split the shards)
 
 Layout of DIR:
@@ -9,8 +10,13 @@ Layout of DIR:
     index.json                settings + every sample (path, caption, shard, latent shape, text length)
 
 Shard k holds manifest rows [k*S, (k+1)*S); rank r encodes the shards k with k % world_size == r.
-A rerun skips finished shards (resumable). Each clip's frames and resolution come from the same
-NaViT sampling as on-the-fly training with epoch 0, so the cache equals on-the-fly encoding.
+A Wan cache (`--wan FOLDER`: the pipeline's vae/ through vae3d's adapter and its UMT5 encoder, or
+`--vae FOLDER/vae --text-encoder FOLDER`) stores each caption's real-token states unpadded, encoded as Wan
+encodes them (videodit.wan_text), and the encoding of "" in empty_text.safetensors; training pads them to
+512 rows when it loads them.
+
+A rerun skips finished shards (resumable). Each clip's frames and resolution come from the same NaViT
+sampling as on-the-fly training with epoch 0, so the cache equals on-the-fly encoding.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from data.sampling import SamplingConfig, latent_token_count
 
 log = logging.getLogger(__name__)
 INDEX = "index.json"
+EMPTY_TEXT = "empty_text.safetensors"  # a Wan cache's encoding of "" (unpadded), for text dropout
 
 
 def shard_name(k: int) -> str:
@@ -88,10 +95,12 @@ def write_index(out: Path, settings: dict, num_shards: int) -> Path | None:
 def precache(manifest: str | Path, out: str | Path, vae="default", text_encoder="default",
              sampling: SamplingConfig | None = None, seed: int = 0, shard_size: int = 64,
              rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
-             dtype: torch.dtype = torch.float32) -> Path | None:
+             dtype: torch.dtype = torch.float32, wan: bool = False) -> Path | None:
     """Encode this rank's shards of `manifest` into `out`; returns index.json's path once complete.
 
-    `vae` / `text_encoder`: a name/path (loaded here) or an already-loaded model.
+    `vae` / `text_encoder`: a name/path (loaded here) or an already-loaded model. `wan`: the text encoder
+    is a Wan model's UMT5 (a path: a WanPipeline folder or its text_encoder/), encoded as Wan encodes
+    prompts; the cache also stores the encoding of "" (EMPTY_TEXT).
     `sampling`: its temporal/spatial strides are replaced by the VAE's own.
     """
     from vae3d import io as vae3d_io
@@ -106,7 +115,17 @@ def precache(manifest: str | Path, out: str | Path, vae="default", text_encoder=
     if isinstance(vae, (str, Path)):
         vae = vae3d_io.load_vae(str(vae), device=device)
     if isinstance(text_encoder, (str, Path)):
-        text_encoder = TextEncoder(str(text_encoder), device=device)
+        if wan:
+            from videodit.wan_finetune import text_encoder_for
+
+            text_encoder = text_encoder_for(text_encoder, device=device)
+        else:
+            text_encoder = TextEncoder(str(text_encoder), device=device)
+    if wan and not (out / EMPTY_TEXT).is_file():
+        empty = text_encoder.encode([""])[0][0]  # (L, D) real-token states of ""
+        tmp = out / f".{EMPTY_TEXT}.tmp-{os.getpid()}"
+        save_file({"text": empty.to(dtype).contiguous().cpu()}, str(tmp))
+        os.replace(tmp, out / EMPTY_TEXT)
     sampling = sampling or SamplingConfig()
     sampling = SamplingConfig(**{**asdict(sampling), "temporal_stride": vae.temporal_stride,
                                  "spatial_stride": vae.spatial_stride})
@@ -115,7 +134,7 @@ def precache(manifest: str | Path, out: str | Path, vae="default", text_encoder=
     num_shards = -(-n // shard_size)
     settings = {"version": 1, "manifest": str(manifest), "vae": str(vae_name), "text_encoder": str(te_name),
                 "sampling": asdict(sampling), "seed": seed, "shard_size": shard_size, "num_entries": n,
-                "dtype": str(dtype).removeprefix("torch.")}
+                "dtype": str(dtype).removeprefix("torch."), "wan": wan}
     for k in range(rank, num_shards, world_size):
         if (out / f"{shard_name(k)}.json").is_file():
             log.info("shard %s already done, skipping", shard_name(k))
@@ -144,6 +163,18 @@ class LatentCache:
     def __len__(self) -> int:
         return len(self.samples)
 
+    @staticmethod
+    def empty_text(folder: str | Path) -> torch.Tensor:
+        """A Wan cache's padded encoding of "" (512, D) float32 (`precache(..., wan=True)` stores it)."""
+        from videodit.wan_text import TEXT_LEN, pad_text
+
+        path = Path(folder) / EMPTY_TEXT
+        if not path.is_file():
+            raise ValueError(f"latent cache {str(folder)!r} has no {EMPTY_TEXT} (the encoding of \"\" a Wan "
+                             "model trains with for guidance); rebuild it with python -m data.precache --wan")
+        with safe_open(str(path), framework="pt") as f:
+            return pad_text(f.get_tensor("text").float(), TEXT_LEN)
+
     def set_epoch(self, epoch: int) -> None:  # the cache holds one fixed crop per clip
         pass
 
@@ -171,7 +202,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--manifest", required=True, help="CSV / JSONL manifest or a folder of clips + .txt")
     p.add_argument("--out", required=True, help="cache folder")
     p.add_argument("--vae", default="default")
-    p.add_argument("--text-encoder", default="default")
+    p.add_argument("--text-encoder", default="default",
+                   help="a text encoder folder; a WanPipeline folder encodes as Wan does (see --wan)")
+    p.add_argument("--wan", default=None, metavar="FOLDER",
+                   help="a diffusers WanPipeline folder: its vae/ and UMT5 text encoder, Wan's text handling")
     p.add_argument("--min-tokens", type=int, default=SamplingConfig.min_tokens)
     p.add_argument("--max-tokens", type=int, default=SamplingConfig.max_tokens)
     p.add_argument("--max-frames", type=int, default=SamplingConfig.max_frames)
@@ -194,8 +228,18 @@ def main(argv: list[str] | None = None) -> None:
     sampling = SamplingConfig(min_tokens=args.min_tokens, max_tokens=args.max_tokens,
                               max_frames=args.max_frames, min_frames=args.min_frames,
                               target_fps=args.target_fps, patch=tuple(args.patch), causal=args.causal_tubelet)
-    index = precache(args.manifest, args.out, args.vae, args.text_encoder, sampling, args.seed,
-                     args.shard_size, rank, world, device, getattr(torch, args.dtype))
+    vae, text_encoder, wan = args.vae, args.text_encoder, False
+    if args.wan is not None:
+        if not (Path(args.wan) / "model_index.json").is_file():
+            p.error(f"--wan {args.wan!r} is not a diffusers pipeline folder (no model_index.json)")
+        vae = str(Path(args.wan) / "vae") if vae == "default" else vae
+        text_encoder, wan = args.wan, True
+    else:  # a pipeline folder, or a pipeline's text_encoder/, is a Wan text encoder
+        folder = Path(text_encoder)
+        wan = (folder / "model_index.json").is_file() or (
+            folder.name == "text_encoder" and (folder.parent / "model_index.json").is_file())
+    index = precache(args.manifest, args.out, vae, text_encoder, sampling, args.seed,
+                     args.shard_size, rank, world, device, getattr(torch, args.dtype), wan)
     if index is not None:
         print(f"latent cache complete: {index}")
     else:

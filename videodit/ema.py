@@ -21,7 +21,9 @@ class EMA:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay, self.warmup, self.num_updates = decay, warmup, 0
-        self.shadow = {name: p.detach().float().clone() for name, p in model.named_parameters()}
+        # frozen parameters (e.g. a LoRA run's base weights) never change, so their average is themselves
+        self.shadow = {name: p.detach().float().clone() for name, p in model.named_parameters()
+                       if p.requires_grad}
 
     def current_decay(self) -> float:
         if not self.warmup:
@@ -34,6 +36,8 @@ class EMA:
         d = self.current_decay()
         for name, p in model.named_parameters():
             if name not in self.shadow:
+                if not p.requires_grad:
+                    continue
                 raise ValueError(f"EMA has no shadow for parameter {name!r}")
             self.shadow[name].lerp_(p.detach().float().to(self.shadow[name].device), 1.0 - d)
         self.num_updates += 1
@@ -42,6 +46,8 @@ class EMA:
     def copy_to(self, model: nn.Module) -> None:
         """Write the averaged weights into `model` (same parameter names)."""
         for name, p in model.named_parameters():
+            if name not in self.shadow:
+                continue
             p.copy_(self.shadow[name].to(device=p.device, dtype=p.dtype))
 
     def state_dict(self) -> dict:

@@ -171,6 +171,7 @@ def flow_loss(
     pixel_decoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
     cond_frames: Sequence[torch.Tensor] | None = None,
     parallel: ParallelGroups | None = None,
+    empty_text: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rectified-flow loss of `model` on clean latents [(C, T_i, H_i, W_i)] with text [(L_i, D_text)].
 
@@ -179,8 +180,10 @@ def flow_loss(
     sample must keep at least one frame to denoise.
 
     A `cfg.text_drop_prob` fraction of samples (chosen at random) get zero-length text, so the model
-    learns its null text token for classifier-free guidance. `drop_rate` is the NaViT token drop rate
-    passed to `pack`; the velocity targets go through `pack_like`, so they drop the same tokens.
+    learns its null text token for classifier-free guidance; with `empty_text` `(L, D_text)` (a model
+    without a null token, e.g. Wan: the padded encoding of "") they get that text instead. `drop_rate` is
+    the NaViT token drop rate passed to `pack`; the velocity targets go through `pack_like`, so they drop
+    the same tokens.
     `pixel_decoder` (latent (1, C, T, H, W) -> pixels, differentiable) with `cfg.pixel_weight` > 0 adds
     the pixel-space term (FlowConfig); it needs drop_rate 0 (a dropped token has no x0 prediction).
     Random draws, in order: timesteps, text-drop mask, noise, token drop, pixel-term samples; all from
@@ -211,7 +214,8 @@ def flow_loss(
     lengths = [num_tokens(tuple(z.shape[1:]), patch, causal) for z in latents]
     t = sample_timesteps(lengths, cfg, generator)  # (B,)
     drop_text = torch.rand(len(latents), generator=generator, device=gen_device) < cfg.text_drop_prob  # (B,)
-    texts = [e[:0] if drop else e for e, drop in zip(text_embeds, drop_text.tolist())]
+    dropped = (lambda e: e[:0]) if empty_text is None else (lambda e: empty_text.to(e))
+    texts = [dropped(e) if drop else e for e, drop in zip(text_embeds, drop_text.tolist())]
     noisy, targets = [], []
     for i, (z, t_i) in enumerate(zip(latents, t.tolist())):
         noise = torch.randn(z.shape, generator=generator, device=gen_device).to(z)  # (C, T, H, W)

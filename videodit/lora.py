@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from videodit import wan_original
+from videodit.lora_spec import parse_lora_spec  # noqa: F401  (re-exported)
 from videodit.wan_diffusers import BLOCK_LINEARS, TOP_LINEARS
 
 DEFAULT_TARGETS = ("attn.qkv", "attn.proj", "cross.q", "cross.kv", "cross.proj")
@@ -35,14 +36,14 @@ ADAPTER = "default"
 
 @dataclass
 class LoRAConfig:
-    rank: int = 16  # r: the LoRA matrices' inner width
+    rank: int = 16  # r: the LoRA matrices' inner width; 0 = no LoRA (a run's full fine-tune)
     alpha: float = 16.0  # the update is scaled by alpha / rank
     # VideoDiT block linears to adapt; any of videodit.wan_diffusers.BLOCK_LINEARS
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
 
     def __post_init__(self):
-        if self.rank < 1:
-            raise ValueError(f"lora rank must be >= 1, got {self.rank}")
+        if self.rank < 0:
+            raise ValueError(f"lora rank must be >= 0 (0 = no LoRA), got {self.rank}")
         if self.alpha <= 0:
             raise ValueError(f"lora alpha must be > 0, got {self.alpha}")
         bad = [t for t in self.target_modules if t not in BLOCK_LINEARS]
@@ -55,6 +56,9 @@ def add_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     """Inject LoRA layers (peft) into `model`'s blocks in place; freeze everything else. Returns `model`."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import inject_adapter_in_model
+
+    if cfg.rank < 1:
+        raise ValueError(f"add_lora needs lora rank >= 1, got {cfg.rank}")
 
     names = [f"blocks.{i}.{t}" for i in range(len(model.blocks)) for t in cfg.target_modules]
     peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=names, lora_dropout=0.0)
@@ -111,20 +115,6 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(True)
     return model
-
-
-def parse_lora_spec(spec: str) -> tuple[Path, float]:
-    """"PATH" or "PATH:SCALE" (scale defaults to 1) -> (path, scale)."""
-    path, scale = spec, 1.0
-    head, sep, tail = spec.rpartition(":")
-    if sep and head:
-        try:
-            path, scale = head, float(tail)
-        except ValueError:
-            path = spec
-    if not Path(path).is_file():
-        raise ValueError(f"LoRA file {path!r} does not exist (expected PATH or PATH:SCALE)")
-    return Path(path), scale
 
 
 def _split_key(key: str) -> tuple[str, str]:

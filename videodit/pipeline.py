@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from vae3d.io import load_vae
+from videodit import wan_generate
 from videodit.checkpoint import load_dit
 from videodit.config import from_dict
 from videodit.flow import FlowConfig
@@ -86,6 +87,7 @@ class Pipeline:
     device: torch.device
     dtype: torch.dtype
     random: list[str] = field(default_factory=list)  # parts with random weights ("DiT", "VAE")
+    scheduler: dict | None = None  # a WanPipeline folder's scheduler config (wan_generate); None else
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -101,7 +103,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 def load_pipeline(ckpt: str = "default", vae: str | None = None, device: str = "auto",
                   dtype: str = "auto") -> Pipeline:
     """Load a DiT checkpoint folder ("default": the embedded model), the VAE it names (or `vae`, which
-    must share its latent space) and its text encoder. dtype "auto": bfloat16 on CUDA, float32 else."""
+    must share its latent space) and its text encoder; or a diffusers WanPipeline folder with its own
+    parts (videodit.wan_generate). dtype "auto": bfloat16 on CUDA, float32 else."""
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
@@ -110,6 +113,9 @@ def load_pipeline(ckpt: str = "default", vae: str | None = None, device: str = "
     dev = resolve_device(device)
     name = dtype if dtype != "auto" else ("bfloat16" if dev.type == "cuda" else "float32")
     torch_dtype = getattr(torch, name)
+    if wan_generate.is_wan_folder(ckpt):
+        dit, meta, decoder, text, scheduler = wan_generate.load_wan_parts(ckpt, vae, dev, torch_dtype)
+        return Pipeline(dit, meta, decoder, text, FlowConfig(), dev, torch_dtype, scheduler=scheduler)
     dit, meta = load_dit(ckpt, device=dev, dtype=torch_dtype)
     decoder = load_vae(vae or meta["vae"], device=dev, dtype=torch_dtype)
     text = TextEncoder(meta["text_encoder"], device=dev, dtype=torch_dtype)
@@ -201,7 +207,11 @@ def sample_latents(pipe: Pipeline, requests: list[VideoRequest], settings: Sampl
     (C, T, h, w) per request. `inits`: {request index: its init video's frames, uint8 (F, H0, W0, 3)
     (`videodit.video_reader.first_frames`)} for video-to-video; `conds`: {request index: its
     `videodit.video_reader.read_conditioning` frames} for image-to-video and extension (kept as given,
-    see `conditioning_prefix`)."""
+    see `conditioning_prefix`). A Wan pipeline samples as diffusers' WanPipeline does
+    (`videodit.wan_generate.sample_latents_wan`)."""
+    if pipe.scheduler is not None:
+        return wan_generate.sample_latents_wan(pipe, requests, settings.steps, settings.cfg, TOKEN_BUDGET,
+                                               progress)
     vae = pipe.vae
     states, _ = pipe.text.encode([r.prompt for r in requests] + [r.negative_prompt for r in requests])
     reqs = []
