@@ -23,7 +23,8 @@ async function api(path, options = {}) {
 }
 
 function describe(video) {
-  return `${video.size.replace("x", "×")} · ${video.frames} frames (${video.seconds} s) · seed ${video.seed}`;
+  const [width, height] = video.size.split("x");  // the API's size is WIDTHxHEIGHT; the form's is H×W
+  return `${height}×${width} · ${video.frames} frames (${video.seconds} s) · seed ${video.seed}`;
 }
 
 function showError(message) {
