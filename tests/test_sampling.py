@@ -383,3 +383,38 @@ def test_a_prefix_that_splits_a_token_is_refused():
         sample(model, [req], steps=2, progress=False)
     with pytest.raises(ValueError, match="1 <= k < T"):
         Request((1, 4, 4), torch.randn(3, 8), prefix=torch.randn(C, 1, 4, 4))
+
+
+def test_a_request_joining_a_running_batch_midway_equals_its_run_alone():
+    """Step-wise sampling as a server runs it: two requests (different shapes, steps and guidance) run;
+    after two calls an i2v request joins, and each leaves when its own steps are done. Every latent equals
+    the request's run alone (`sample`) to 1e-4, and the joined calls really were shared."""
+    from videodit.sampling import denoise_step, start_denoising
+
+    model = _causal_model()
+    g = torch.Generator().manual_seed(2)
+    runs = [  # (request, steps, guidance)
+        (Request((3, 4, 6), torch.randn(4, 8, generator=g), seed=21), 6, 3.0),
+        (Request((1, 2, 4), torch.randn(2, 8, generator=g), seed=22, negative=torch.randn(3, 8, generator=g)),
+         3, 2.0),
+        (Request((5, 4, 4), torch.randn(3, 8, generator=g), seed=23, prefix=torch.randn(C, 1, 4, 4,
+                                                                                       generator=g)), 4, 1.0),
+    ]
+    sizes = []
+    forward = model.forward_samples
+    model.forward_samples = lambda xs, *a, **k: sizes.append(len(xs)) or forward(xs, *a, **k)
+    start = [start_denoising(model, r, steps, guidance=cfg) for r, steps, cfg in runs]
+    running, call = start[:2], 0
+    while running:
+        if call == 2:
+            running.append(start[2])
+        denoise_step(model, running)
+        running = [s for s in running if not s.done]
+        call += 1
+    # a and b guided (2 passes each), c joins at call 2 unguided (1 pass); b leaves after 3 calls
+    assert sizes == [4, 4, 5, 3, 3, 3] and all(s.done for s in start)
+    model.forward_samples = forward
+    for (r, steps, cfg), s in zip(runs, start):
+        alone = sample(model, [r], steps=steps, guidance=cfg, progress=False)[0]
+        torch.testing.assert_close(s.latent, alone, atol=1e-4, rtol=0)
+    assert torch.equal(start[2].latent[:, :1], runs[2][0].prefix)

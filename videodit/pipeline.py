@@ -170,22 +170,30 @@ def init_pixels(frames: np.ndarray, size: tuple[int, int, int], temporal_stride:
     return video[:need].permute(1, 0, 2, 3)  # (3, F', H, W)
 
 
+def prefix_latent_frames(num_frames: int, size: tuple[int, int, int], dit_config, temporal_stride: int,
+                         what: str) -> int:
+    """Latent frames k of the prefix that `num_frames` given frames yield for a request of latent `size`: the
+    most whose 1 + (k - 1) * ts frames are given and that end on a token group of the DiT. ValueError when
+    the model cannot take any."""
+    ends = group_ends(size[0], tuple(dit_config.patch), bool(getattr(dit_config, "causal_tubelet", False)))
+    fitting = [k for k in ends if 1 + (k - 1) * temporal_stride <= num_frames]
+    if not fitting:
+        if size[0] < 2:
+            raise ValueError(f"{what}: a request of {size[0]} latent frame leaves nothing to generate; ask "
+                             f"for more --frames")
+        raise ValueError(f"{what}: this checkpoint's tubelet {tuple(dit_config.patch)} does not give the "
+                         f"first {num_frames} frame(s) tokens of their own (it needs model.causal_tubelet); "
+                         f"it cannot condition on them")
+    return max(fitting)
+
+
 def conditioning_prefix(frames: np.ndarray, size: tuple[int, int, int], pipe: Pipeline,
                         what: str) -> torch.Tensor:
     """Conditioning frames uint8 (F, H0, W0, 3) -> the clean latent prefix (C, k, h, w) a request of latent
     `size` keeps: the longest 1 + (k - 1) * ts of the frames whose k latent frames end on a token group of
     the DiT (a causal tubelet takes latent frame 0 alone). ValueError when the model cannot take any."""
-    vae, cfg = pipe.vae, pipe.dit.config
-    ends = group_ends(size[0], tuple(cfg.patch), bool(getattr(cfg, "causal_tubelet", False)))
-    fitting = [k for k in ends if 1 + (k - 1) * vae.temporal_stride <= frames.shape[0]]
-    if not fitting:
-        if size[0] < 2:
-            raise ValueError(f"{what}: a request of {size[0]} latent frame leaves nothing to generate; ask "
-                             f"for more --frames")
-        raise ValueError(f"{what}: this checkpoint's tubelet {tuple(cfg.patch)} does not give the first "
-                         f"{frames.shape[0]} frame(s) tokens of their own (it needs model.causal_tubelet); "
-                         f"it cannot condition on them")
-    k = max(fitting)
+    vae = pipe.vae
+    k = prefix_latent_frames(frames.shape[0], size, pipe.dit.config, vae.temporal_stride, what)
     pixels = init_pixels(frames, (k, size[1], size[2]), vae.temporal_stride, vae.spatial_stride)
     return vae.encode(pixels[None].to(device=pipe.device, dtype=next(vae.parameters()).dtype),
                       chunk_frames=DECODE_CHUNK_FRAMES)[0].float()  # (C, k, h, w)
@@ -197,6 +205,27 @@ def task_warnings(requests: list[VideoRequest], meta: dict) -> list[str]:
     used = {"i2v" for r in requests if r.image is not None} | {"extend" for r in requests if r.extend}
     return [f"warning: this checkpoint was not trained for {task} (its tasks: {sorted(trained)}); "
             f"expect the given frames to be ignored or to clash" for task in sorted(used - trained)]
+
+
+@torch.no_grad()
+def latent_request(pipe: Pipeline, request: VideoRequest, text: torch.Tensor, negative: torch.Tensor,
+                   init: np.ndarray | None = None, cond: np.ndarray | None = None) -> Request:
+    """One request with its encoded prompt and negative prompt `(L, D_text)` -> the sampler's `Request`:
+    its latent size, its init video's latent (`init` frames, SDEdit) and its conditioning prefix (`cond`
+    frames, see `conditioning_prefix`)."""
+    vae = pipe.vae
+    ts, ss = vae.temporal_stride, vae.spatial_stride
+    size = latent_shape(request.frames, request.height, request.width, ts, ss)
+    latent = prefix = None
+    if init is not None:
+        pixels = init_pixels(init, size, ts, ss)
+        latent = vae.encode(pixels[None].to(device=pipe.device, dtype=next(vae.parameters()).dtype),
+                            chunk_frames=DECODE_CHUNK_FRAMES)[0].float()
+    if cond is not None:
+        prefix = conditioning_prefix(cond, size, pipe, str(request.image or request.extend))
+    return Request(size=size, text=text, seed=request.seed,
+                   negative=negative if request.negative_prompt else None, init=latent,
+                   strength=request.strength if latent is not None else 1.0, prefix=prefix)
 
 
 @torch.no_grad()
@@ -212,21 +241,9 @@ def sample_latents(pipe: Pipeline, requests: list[VideoRequest], settings: Sampl
     if pipe.scheduler is not None:
         return wan_generate.sample_latents_wan(pipe, requests, settings.steps, settings.cfg, TOKEN_BUDGET,
                                                progress)
-    vae = pipe.vae
     states, _ = pipe.text.encode([r.prompt for r in requests] + [r.negative_prompt for r in requests])
-    reqs = []
-    for i, r in enumerate(requests):
-        size = latent_shape(r.frames, r.height, r.width, vae.temporal_stride, vae.spatial_stride)
-        init = prefix = None
-        if inits and i in inits:
-            pixels = init_pixels(inits[i], size, vae.temporal_stride, vae.spatial_stride)
-            init = vae.encode(pixels[None].to(device=pipe.device, dtype=next(vae.parameters()).dtype),
-                              chunk_frames=DECODE_CHUNK_FRAMES)[0].float()
-        if conds and i in conds:
-            prefix = conditioning_prefix(conds[i], size, pipe, str(r.image or r.extend))
-        reqs.append(Request(size=size, text=states[i], seed=r.seed,
-                            negative=states[len(requests) + i] if r.negative_prompt else None,
-                            init=init, strength=r.strength if init is not None else 1.0, prefix=prefix))
+    reqs = [latent_request(pipe, r, states[i], states[len(requests) + i], (inits or {}).get(i),
+                           (conds or {}).get(i)) for i, r in enumerate(requests)]
     return sample(
         pipe.dit, reqs, steps=settings.steps, sampler=settings.sampler, guidance=settings.cfg,
         flow_cfg=pipe.flow_cfg, device=pipe.device, dtype=pipe.dtype, token_budget=TOKEN_BUDGET,

@@ -12,6 +12,10 @@ not depend on what else is in the batch (up to float rounding of the batched mat
 A request with an `init` latent and `strength` s < 1 starts part-way (SDEdit): `init` is noised to the
 first sigma of its schedule at or below s and only the steps from there run.
 
+The loop is step-wise: `start_denoising` makes a request's state (`Denoising`: its scheduler, latent and
+call count) and `denoise_step` advances a set of states by one packed model call. `sample` runs whole loops
+with them; a server (`videodit.serve`) lets requests join and leave its running set between steps.
+
 An x0-predicting model's outputs are turned into velocities (`videodit.flow.to_velocity`) before CFG.
 
 CFG: v = v_uncond + g * (v_cond - v_uncond). The unconditional input is the negative prompt when given,
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler, UniPCMultistepScheduler
@@ -105,6 +110,25 @@ def request_tokens(req: Request, patch: tuple[int, int, int], guided: bool, skip
     return num_tokens(req.size, patch, causal) * (1 + int(guided) + int(skip_pass))
 
 
+def check_guidance(model, guidance: float, interval: tuple[float, float] = (0.0, 1.0),
+                   skip_guidance: float = 0.0, skip_blocks: Sequence[int] = ()) -> None:
+    """ValueError naming the bad value when guidance settings are out of range for `model`."""
+    if guidance < 1.0:
+        raise ValueError(f"guidance scale must be >= 1, got {guidance}")
+    lo, hi = interval
+    if not (0.0 <= lo <= hi <= 1.0):
+        raise ValueError(f"guidance_interval must satisfy 0 <= lo <= hi <= 1, got {interval}")
+    if skip_guidance < 0:
+        raise ValueError(f"skip_guidance must be >= 0, got {skip_guidance}")
+    if skip_guidance > 0:
+        depth = int(model.config.depth)
+        if not skip_blocks or not all(0 <= int(b) < depth for b in skip_blocks):
+            raise ValueError(
+                f"skip_guidance > 0 needs skip_blocks (generate.py --skip-blocks), DiT block indices in "
+                f"0..{depth - 1}; got {list(skip_blocks)}"
+            )
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -135,20 +159,7 @@ def sample(
     (`plan_rows`) and each group is denoised together (a request larger than the budget runs alone).
     `None` puts all requests in one group.
     """
-    if guidance < 1.0:
-        raise ValueError(f"guidance scale must be >= 1, got {guidance}")
-    lo, hi = guidance_interval
-    if not (0.0 <= lo <= hi <= 1.0):
-        raise ValueError(f"guidance_interval must satisfy 0 <= lo <= hi <= 1, got {guidance_interval}")
-    if skip_guidance < 0:
-        raise ValueError(f"skip_guidance must be >= 0, got {skip_guidance}")
-    if skip_guidance > 0:
-        depth = int(model.config.depth)
-        if not skip_blocks or not all(0 <= int(b) < depth for b in skip_blocks):
-            raise ValueError(
-                f"skip_guidance > 0 needs skip_blocks (generate.py --skip-blocks), DiT block indices in "
-                f"0..{depth - 1}; got {list(skip_blocks)}"
-            )
+    check_guidance(model, guidance, guidance_interval, skip_guidance, skip_blocks)
     if not requests:
         return []
     flow_cfg = flow_cfg or FlowConfig()
@@ -157,113 +168,146 @@ def sample(
     causal = bool(getattr(model.config, "causal_tubelet", False))
     costs = [request_tokens(r, patch, guided, skip_guidance > 0, causal) for r in requests]
     budget = max([token_budget or sum(costs), *costs])
+    skip_set = frozenset(int(b) for b in skip_blocks)
     out: list[torch.Tensor | None] = [None] * len(requests)
     for group in plan_rows(costs, budget):
         group = sorted(group)
-        results = _denoise_group(
-            model, [requests[i] for i in group], steps, sampler, guidance, flow_cfg, device, dtype, progress,
-            (lo, hi), skip_guidance, frozenset(int(b) for b in skip_blocks),
-        )
-        for i, z in zip(group, results):
-            out[i] = z
+        states = [start_denoising(model, requests[i], steps, sampler, guidance, flow_cfg, device, dtype,
+                                  guidance_interval, skip_guidance, skip_set) for i in group]
+        bar = tqdm(total=max(s.total_calls for s in states), desc=f"sampling {len(states)} request(s)",
+                   disable=not progress, unit="call")
+        while active := [s for s in states if not s.done]:
+            denoise_step(model, active, dtype)
+            bar.update(1)
+        bar.close()
+        for i, s in zip(group, states):
+            out[i] = s.latent
     return out  # type: ignore[return-value]
 
 
-def _denoise_group(
+@dataclass
+class Denoising:
+    """One request part-way through its denoising loop: everything `denoise_step` needs to advance it.
+
+    Each request carries its own scheduler, guidance and step count, so requests that started at different
+    times (or with different settings) can share a forward pass and leave when they are done."""
+
+    request: Request
+    scheduler: Any  # a diffusers scheduler of its own (`make_scheduler`)
+    latent: torch.Tensor  # (C, T, h, w) float32 on the device: x at the current noise level
+    text: torch.Tensor  # (L, D_text) prompt tokens on the device, model dtype
+    uncond: torch.Tensor  # (L_neg, D_text) the unconditional pass's text (negative prompt or empty)
+    prefix: torch.Tensor | None  # (C, k, h, w) float32 clean frames kept as given
+    start: int  # first scheduler step (> 0 for an SDEdit start)
+    guidance: float = 5.0
+    interval: tuple[float, float] = (0.0, 1.0)  # sigmas at which CFG and skip guidance apply
+    skip_guidance: float = 0.0
+    skip_set: frozenset[int] = frozenset()
+    calls: int = 0  # model calls made so far
+
+    @property
+    def total_calls(self) -> int:
+        return len(self.scheduler.timesteps) - self.start
+
+    @property
+    def done(self) -> bool:
+        return self.calls >= self.total_calls
+
+
+def start_denoising(
     model,
-    requests: Sequence[Request],
+    request: Request,
     steps: int,
-    sampler: str,
-    guidance: float,
-    flow_cfg: FlowConfig,
-    device: str | torch.device,
-    dtype: torch.dtype,
-    progress: bool,
+    sampler: str = "euler",
+    guidance: float = 5.0,
+    flow_cfg: FlowConfig | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
     interval: tuple[float, float] = (0.0, 1.0),
     skip_guidance: float = 0.0,
     skip_set: frozenset[int] = frozenset(),
-) -> list[torch.Tensor]:
-    """Run the whole denoising loop for requests that share every forward pass."""
+) -> Denoising:
+    """A request's state before its first model call: its scheduler shifted by its own token count, its
+    seeded noise (SDEdit: the init latent noised to its first sigma), its conditioning prefix imposed."""
+    check_guidance(model, guidance, interval, skip_guidance, tuple(skip_set))
+    flow_cfg = flow_cfg or FlowConfig()
     patch = tuple(model.config.patch)
-    channels = int(model.config.in_channels)
-    guided = guidance != 1.0
-    prediction = getattr(model.config, "prediction", "velocity")
     causal = bool(getattr(model.config, "causal_tubelet", False))
-    shifts = [timestep_shift(num_tokens(r.size, patch, causal), flow_cfg) for r in requests]
-    scheds = [make_scheduler(sampler, shift, steps) for shift in shifts]
-    latents = [initial_noise(channels, r.size, r.seed).to(device) for r in requests]  # float32 (C, T, h, w)
-    starts = [0] * len(requests)  # each request's first scheduler step (> 0 for an SDEdit start)
-    for i, r in enumerate(requests):
-        if r.init is None or r.strength >= 1.0:
-            continue
-        sig = scheds[i].sigmas[: len(scheds[i].timesteps)]
+    sched = make_scheduler(sampler, timestep_shift(num_tokens(request.size, patch, causal), flow_cfg), steps)
+    channels = int(model.config.in_channels)
+    latent = initial_noise(channels, request.size, request.seed).to(device)  # float32 (C, T, h, w)
+    start = 0
+    if request.init is not None and request.strength < 1.0:
+        sig = sched.sigmas[: len(sched.timesteps)]
         first = [k for k in range(len(sig)) if sampler != "heun" or k % 2 == 0]  # heun: its predictor calls
-        starts[i] = next((k for k in first if float(sig[k]) <= r.strength), first[-1])  # >= 1 call runs
-        s0 = float(sig[starts[i]])
-        latents[i] = (1.0 - s0) * r.init.to(device=device, dtype=torch.float32) + s0 * latents[i]
-        scheds[i].set_begin_index(starts[i])
-    prefixes = [None if r.prefix is None else r.prefix.to(device=device, dtype=torch.float32)
-                for r in requests]
-    for i, p in enumerate(prefixes):
-        if p is not None:
-            if p.shape[1] not in group_ends(requests[i].size[0], patch, causal):
-                raise ValueError(f"a conditioning prefix of {p.shape[1]} latent frames does not end on a "
-                                 f"token group of patch {patch} (causal tubelet {causal}): this model cannot "
-                                 f"take it")
-            latents[i][:, : p.shape[1]] = p
-    any_prefix = any(p is not None for p in prefixes)
-    texts = [r.text.to(device=device, dtype=dtype) for r in requests]
-    uncond = [r.text[:0] if r.negative is None else r.negative for r in requests]
-    uncond = [e.to(device=device, dtype=dtype) for e in uncond]
-    num_calls = max(len(s.timesteps) - k for s, k in zip(scheds, starts))
-    desc = f"sampling {len(requests)} request(s)"
-    bar = tqdm(total=num_calls, desc=desc, disable=not progress, unit="call")
-    for step in range(num_calls):
-        active = [i for i, s in enumerate(scheds) if starts[i] + step < len(s.timesteps)]
-        timesteps = [scheds[i].timesteps[starts[i] + step] for i in active]
-        t = [float(scheds[i].sigmas[starts[i] + step]) for i in active]  # the sigma this call is evaluated at
-        inside = [interval[0] <= t_i <= interval[1] for t_i in t]  # per active request
-        guide = [guided and g for g in inside]
-        skipg = [skip_guidance > 0 and g for g in inside]
-        xs, ts, es, skips, frame_ts = [], [], [], [], []
-        for i, t_i, g, sg in zip(active, t, guide, skipg):
-            frames = torch.full((requests[i].size[0],), t_i)
-            if prefixes[i] is not None:
-                frames[: prefixes[i].shape[1]] = 0.0
-            passes = [(texts[i], frozenset())]
-            if g:
-                passes.append((uncond[i], frozenset()))
-            if sg:
-                passes.append((texts[i], skip_set))
-            for text, skip in passes:
-                xs.append(latents[i].to(dtype))
-                ts.append(t_i)
-                es.append(text)
-                skips.append(skip)
-                frame_ts.append(frames)
-        tt = torch.tensor(ts, device=device, dtype=torch.float32)
-        extra = {"frame_timesteps": frame_ts} if any_prefix else {}
-        if any(skips):
-            extra["skip_blocks"] = skips
-        preds = model.forward_samples(xs, tt, es, **extra)
-        if prediction != "velocity":
-            preds = [to_velocity(p.float(), x.float(), t_i, prediction, t_floor=1e-6)
-                     for p, x, t_i in zip(preds, xs, ts)]
-        k = 0  # index into preds
-        for i, timestep, g, sg in zip(active, timesteps, guide, skipg):
-            cond = preds[k].float()
-            k += 1
-            v = cond
-            if g:
-                v = preds[k].float() + guidance * (cond - preds[k].float())
-                k += 1
-            if sg:
-                v = v + skip_guidance * (cond - preds[k].float())
-                k += 1
-            x = scheds[i].step(v[None], timestep, latents[i][None], return_dict=False)[0]  # (1, C, T, h, w)
-            latents[i] = x[0]
-            if prefixes[i] is not None:  # the given frames stay exactly what was given
-                latents[i][:, : prefixes[i].shape[1]] = prefixes[i]
-        bar.update(1)
-    bar.close()
-    return latents
+        start = next((k for k in first if float(sig[k]) <= request.strength), first[-1])  # >= 1 call runs
+        s0 = float(sig[start])
+        latent = (1.0 - s0) * request.init.to(device=device, dtype=torch.float32) + s0 * latent
+        sched.set_begin_index(start)
+    prefix = None
+    if request.prefix is not None:
+        prefix = request.prefix.to(device=device, dtype=torch.float32)
+        if prefix.shape[1] not in group_ends(request.size[0], patch, causal):
+            raise ValueError(f"a conditioning prefix of {prefix.shape[1]} latent frames does not end on a "
+                             f"token group of patch {patch} (causal tubelet {causal}): this model cannot "
+                             f"take it")
+        latent[:, : prefix.shape[1]] = prefix
+    uncond = request.text[:0] if request.negative is None else request.negative
+    return Denoising(request, sched, latent, request.text.to(device=device, dtype=dtype),
+                     uncond.to(device=device, dtype=dtype), prefix, start, guidance, tuple(interval),
+                     skip_guidance, frozenset(skip_set))
+
+
+@torch.no_grad()
+def denoise_step(model, states: Sequence[Denoising], dtype: torch.dtype = torch.float32) -> None:
+    """Advance every state (none of them done) by one model call: all of them, and each one's CFG and
+    skip-guidance passes, packed into ONE `model.forward_samples` call. Updates the states in place."""
+    assert states and not any(s.done for s in states), "denoise_step needs states that are not done"
+    prediction = getattr(model.config, "prediction", "velocity")
+    any_prefix = any(s.prefix is not None for s in states)
+    xs, ts, es, skips, frame_ts, plans = [], [], [], [], [], []
+    for s in states:
+        k = s.start + s.calls
+        t_i = float(s.scheduler.sigmas[k])  # the sigma this call is evaluated at
+        inside = s.interval[0] <= t_i <= s.interval[1]
+        g = s.guidance != 1.0 and inside
+        sg = s.skip_guidance > 0 and inside
+        frames = torch.full((s.request.size[0],), t_i)
+        if s.prefix is not None:
+            frames[: s.prefix.shape[1]] = 0.0
+        passes = [(s.text, frozenset())]
+        if g:
+            passes.append((s.uncond, frozenset()))
+        if sg:
+            passes.append((s.text, s.skip_set))
+        for text, skip in passes:
+            xs.append(s.latent.to(dtype))
+            ts.append(t_i)
+            es.append(text)
+            skips.append(skip)
+            frame_ts.append(frames)
+        plans.append((s.scheduler.timesteps[k], g, sg))
+    tt = torch.tensor(ts, device=states[0].latent.device, dtype=torch.float32)
+    extra = {"frame_timesteps": frame_ts} if any_prefix else {}
+    if any(skips):
+        extra["skip_blocks"] = skips
+    preds = model.forward_samples(xs, tt, es, **extra)
+    if prediction != "velocity":
+        preds = [to_velocity(p.float(), x.float(), t_i, prediction, t_floor=1e-6)
+                 for p, x, t_i in zip(preds, xs, ts)]
+    j = 0  # index into preds
+    for s, (timestep, g, sg) in zip(states, plans):
+        cond = preds[j].float()
+        j += 1
+        v = cond
+        if g:
+            v = preds[j].float() + s.guidance * (cond - preds[j].float())
+            j += 1
+        if sg:
+            v = v + s.skip_guidance * (cond - preds[j].float())
+            j += 1
+        x = s.scheduler.step(v[None], timestep, s.latent[None], return_dict=False)[0]  # (1, C, T, h, w)
+        s.latent = x[0]
+        if s.prefix is not None:  # the given frames stay exactly what was given
+            s.latent[:, : s.prefix.shape[1]] = s.prefix
+        s.calls += 1

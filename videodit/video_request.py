@@ -121,6 +121,42 @@ def check_init_video(value, what: str = "init video") -> Path:
     return path
 
 
+def check_fields(item: dict, where: str = "") -> dict:
+    """Check one request's fields (a prompts-file line, or a server request's body) -> the item unchanged.
+
+    ValueError messages start with `where`. Paths (init_video, image, extend) must exist as given."""
+    unknown = sorted(set(item) - PROMPT_KEYS)
+    if unknown:
+        raise ValueError(f"{where}unknown key(s) {unknown}; valid: {sorted(PROMPT_KEYS)}")
+    prompt = item.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"{where}'prompt' must be a non-empty string")
+    try:
+        if "frames" in item:
+            check_positive_int(item["frames"], "frames")
+        if "res" in item:
+            if not isinstance(item["res"], str):
+                raise ValueError(f"res must be a string like '720x1280', got {item['res']!r}")
+            parse_resolution(item["res"])
+        if "seed" in item:
+            check_seed(item["seed"])
+        if "negative_prompt" in item and not isinstance(item["negative_prompt"], str):
+            raise ValueError("negative_prompt must be a string")
+        if "init_video" in item:
+            check_init_video(item["init_video"])
+        if "strength" in item:
+            check_strength(item["strength"])
+        for key in ("image", "extend"):
+            if key in item:
+                check_init_video(item[key], key)
+        given = [k for k in ("init_video", "image", "extend") if k in item]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of init_video, image, extend; got {given}")
+    except ValueError as e:
+        raise ValueError(f"{where}{e}") from None
+    return item
+
+
 def parse_prompts_file(text: str, source: str = "prompts file") -> list[dict]:
     """JSONL text -> one dict per non-blank line with exactly the keys the line gave, validated.
 
@@ -137,35 +173,7 @@ def parse_prompts_file(text: str, source: str = "prompts file") -> list[dict]:
             raise ValueError(f"{where}not valid JSON ({e.msg})") from None
         if not isinstance(item, dict):
             raise ValueError(f"{where}expected a JSON object, got {type(item).__name__}")
-        unknown = sorted(set(item) - PROMPT_KEYS)
-        if unknown:
-            raise ValueError(f"{where}unknown key(s) {unknown}; valid: {sorted(PROMPT_KEYS)}")
-        prompt = item.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"{where}'prompt' must be a non-empty string")
-        try:
-            if "frames" in item:
-                check_positive_int(item["frames"], "frames")
-            if "res" in item:
-                if not isinstance(item["res"], str):
-                    raise ValueError(f"res must be a string like '720x1280', got {item['res']!r}")
-                parse_resolution(item["res"])
-            if "seed" in item:
-                check_seed(item["seed"])
-            if "negative_prompt" in item and not isinstance(item["negative_prompt"], str):
-                raise ValueError("negative_prompt must be a string")
-            if "init_video" in item:
-                check_init_video(item["init_video"])
-            if "strength" in item:
-                check_strength(item["strength"])
-            for key in ("image", "extend"):
-                if key in item:
-                    check_init_video(item[key], key)
-            given = [k for k in ("init_video", "image", "extend") if k in item]
-            if len(given) > 1:
-                raise ValueError(f"give at most one of init_video, image, extend; got {given}")
-        except ValueError as e:
-            raise ValueError(f"{where}{e}") from None
+        check_fields(item, where)
         items.append(item)
     if not items:
         raise ValueError(f"{source} has no requests")
