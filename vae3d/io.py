@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from .adapters import ADAPTED_CLASSES, DiffusersVAEAdapter
+from .atomic import replace_folder
 from .config import VAEConfig
 from .model import CausalVAE3D
 
@@ -21,27 +19,16 @@ WEIGHTS = "model.safetensors"
 
 
 def save_vae(model: CausalVAE3D, folder: str | Path, meta: dict | None = None) -> Path:
-    """Write `folder/config.json` and `folder/model.safetensors` via a temp folder renamed into place."""
+    """Write `folder/config.json` and `folder/model.safetensors` as one atomic step
+    (`vae3d.atomic.replace_folder`: `folder` becomes a symlink to a complete versioned sibling)."""
     if not isinstance(model, CausalVAE3D):
         raise ValueError(f"save_vae saves CausalVAE3D models, got {type(model).__name__}")
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    info = {"_class_name": "CausalVAE3D", "config": dataclasses.asdict(model.config), "meta": meta or {}}
+    with replace_folder(folder) as tmp:
         save_file(state, str(tmp / WEIGHTS))
-        info = {"_class_name": "CausalVAE3D", "config": dataclasses.asdict(model.config), "meta": meta or {}}
         (tmp / "config.json").write_text(json.dumps(info, indent=2))
-        old = None
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return folder
 
 

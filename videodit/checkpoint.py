@@ -1,7 +1,8 @@
 """DiT checkpoints: a folder of `config.json` (DiTConfig + meta) and `model.safetensors`.
 
-Saving writes a temporary sibling folder and renames it into place, so a reader never sees half a
-checkpoint. Loading reads JSON and safetensors only: no pickled code is ever executed.
+Saving writes a new versioned sibling folder and then switches `folder`, a symlink, to it in one atomic
+step (`vae3d.atomic.replace_folder`): a reader, or a run killed mid-save, never sees half a checkpoint.
+Loading reads JSON and safetensors only: no pickled code is ever executed.
 
 meta keys used across the project: "vae" (name/path for vae3d.load_vae), "text_encoder" (name/path),
 "flow" (dict of flow shift settings), "random_init" (bool).
@@ -10,14 +11,13 @@ meta keys used across the project: "vae" (name/path for vae3d.load_vae), "text_e
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from vae3d.atomic import replace_folder
 from videodit.config import from_dict, to_dict
 from videodit.model import DiTConfig, VideoDiT
 
@@ -38,23 +38,10 @@ def save_dit(model: VideoDiT, folder: str | Path, meta: dict[str, Any] | None = 
         config_text = json.dumps({"dit": to_dict(model.config), "meta": meta}, indent=2)
     except TypeError as e:
         raise ValueError(f"checkpoint meta must be JSON-serialisable: {e}") from e
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with replace_folder(folder) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE))
         (tmp / CONFIG_FILE).write_text(config_text)
-        old = None
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-            folder.rename(old)
-        tmp.rename(folder)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return folder
 
 
