@@ -230,6 +230,7 @@ class DiTTask:
         self.meta = dit_meta(cfg)
         self.rows = None  # iterator, made at the first step (after a resume restored the loader)
         self.positions = 0  # latent positions trained on since the last log record
+        self.last_row: list[str] = []  # the paths of the row trained on last
 
     def init_from(self, model, folder: str) -> None:
         init_weights(model, folder)
@@ -237,7 +238,9 @@ class DiTTask:
     def loss(self, model, step: int, generator: torch.Generator):
         if self.rows is None:
             self.rows = iter(self.loader)
-        latents, texts = row_to_latents(next(self.rows), self.encoders, self.session.device)
+        row = next(self.rows)
+        self.last_row = [str(s["path"]) for s in row]
+        latents, texts = row_to_latents(row, self.encoders, self.session.device)
         self.positions += sum(z[0].numel() for z in latents)
         cond = None
         if {k for k, w in self.cfg.data.tasks.items() if w > 0} != {"t2v"}:
@@ -260,6 +263,9 @@ class DiTTask:
         fields = {"skipped_data": skipped, "latent_positions_per_s": self.positions / max(seconds, 1e-9)}
         self.positions = 0
         return fields
+
+    def samples(self) -> list[str]:
+        return self.last_row
 
     def state_dict(self) -> dict:
         return {"loader": self.loader.state_dict()}
