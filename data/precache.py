@@ -219,7 +219,7 @@ class LatentCache:
         try:
             self.index = json.loads(index_path.read_text())
             self.samples = self.index["samples"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"latent cache index {str(index_path)!r} is not a precache index ({e}); rebuild "
                              f"it with python -m data.precache --rebuild") from None
         self.patch, self.causal = tuple(patch), causal
@@ -300,6 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
     rank, world = env_rank_world()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"

@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import shutil
 import time
@@ -358,11 +359,11 @@ class _Run:
     def resume(self, folder: Path) -> int:
         """Restore model, optimizer, schedule, EMA, task state and RNG from `folder` -> its step."""
         _, client = self.engine.load_checkpoint(str(folder.parent), tag=folder.name)
-        extra = torch.load(folder / f"extra_rank{self.session.rank:05d}.pt", weights_only=True)
+        extra = _load_own(folder / f"extra_rank{self.session.rank:05d}.pt")
         set_rng_state(extra.pop("rng"))
         self.task.load_state_dict(extra)
         if self.ema is not None:
-            self.ema.load_state_dict(torch.load(folder / "ema_state.pt", weights_only=True))
+            self.ema.load_state_dict(_load_own(folder / "ema_state.pt"))
         step = int(client["step"])
         self.scheduler.base_lrs = [self.cfg.lr] * len(self.scheduler.base_lrs)  # the config's lr wins
         for group in self.scheduler.optimizer.param_groups:
@@ -370,6 +371,16 @@ class _Run:
         log.info("resumed from %s at step %d (model, optimizer, EMA, data position, RNG restored)", folder,
                  step)
         return step
+
+
+def _load_own(path: Path) -> dict:
+    """A file the trainer wrote with torch.save, read with weights_only=True: tensors and plain containers
+    only, so a crafted file cannot run code. ValueError naming it otherwise."""
+    try:
+        return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise ValueError(f"{str(path)!r} is not a checkpoint file this trainer wrote (it is refused without "
+                         f"unpickling anything beyond tensors: {str(e).splitlines()[0]})") from None
 
 
 def _remove(folder: Path) -> None:
