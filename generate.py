@@ -45,7 +45,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from videodit.outputs import existing_targets
+from videodit.outputs import drop_descriptions, existing_targets
 from videodit.video_reader import first_frames, read_conditioning
 from videodit.video_request import (
     DEFAULT_STRENGTH,
@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         for note in pipeline.extent_notes(requests, pipe.meta, pipe.vae) + pipeline.task_warnings(requests,
                                                                                                   pipe.meta):
             print(note)
+        drop_descriptions([r.out for r in requests])  # (with --overwrite) never an old sidecar on a new video
         written = pipeline.generate(pipe, requests, settings, args.fps, inits, conds=conds,
                                     token_budget=token_budget, still_png=True)
         write_sidecars(args, requests, settings, pipe.meta)

@@ -106,7 +106,16 @@ def crash_at(n: int, under: str | Path, kill: bool = False, match: str = ""):
         c.step("Path.write_bytes", self, partial=self)
         return real["write_bytes"](self, *a, **k)
 
-    patches = [(os, "replace", replace), (os, "rename", rename), (os, "symlink", symlink),
+    from videodit.mp4 import Mp4Writer
+
+    real_mp4_write = Mp4Writer.write
+
+    def mp4_write(self, frames):  # a video is streamed: a kill may come between two chunks
+        c.step("Mp4Writer.write", self.path)
+        return real_mp4_write(self, frames)
+
+    patches = [(Mp4Writer, "write", mp4_write), (os, "replace", replace), (os, "rename", rename),
+               (os, "symlink", symlink),
                (os, "unlink", unlink), (shutil, "rmtree", rmtree), (torch, "save", torch_save),
                (pathlib.Path, "write_text", write_text), (pathlib.Path, "write_bytes", write_bytes)]
     for name in _SAVE_FILE_USERS:

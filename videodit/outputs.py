@@ -5,7 +5,8 @@
   always gets the same one.
 - `targets(out, frames)`: the files one video writes: the mp4, its sidecar `.json` and, for a 1-frame
   video, a `.png` of that frame.
-- `existing_targets`: what of those already exists (refused unless the user asks to overwrite).
+- `existing_targets`: what of those already exists (refused unless the user asks to overwrite);
+  `drop_descriptions` removes the old sidecars before replacing.
 - `sidecar(...)` / `write_sidecar`: the full request, seed, sampler settings and the checkpoint's hash, so
   any output can be reproduced.
 
@@ -51,6 +52,18 @@ def targets(out: Path, frames: int) -> list[Path]:
 def existing_targets(outs: list[tuple[Path, int]]) -> list[Path]:
     """The files among `targets(out, frames)` of each (out, frames) that exist already."""
     return [p for out, frames in outs for p in targets(out, frames) if p.exists() or p.is_symlink()]
+
+
+def drop_descriptions(outs: list[Path]) -> None:
+    """Remove the sidecar .json and .png of videos about to be replaced (--overwrite), before any new video
+    is put in place: a run killed between a new video and its new sidecar leaves the video without a
+    description, never with the old video's. Temporaries a killed earlier write of these files left
+    (hidden `.<name>.tmp-*`) go too."""
+    for out in outs:
+        for path in targets(out, 1)[1:]:
+            path.unlink(missing_ok=True)
+        for leftover in out.parent.glob(f".{out.stem}.tmp-*"):
+            leftover.unlink(missing_ok=True)
 
 
 def file_sha256(path: str | Path, chunk: int = 2**22) -> str:
