@@ -9,7 +9,6 @@ import torch
 from faults import InjectedCrash, crash_at, every_phase
 
 from vae3d import CausalVAE3D, VAEConfig
-from vae3d.atomic import recover_folder, replace_folder, write_text
 from vae3d.io import load_vae, save_vae
 from videodit.checkpoint import load_dit, save_dit
 from videodit.model import DiTConfig, VideoDiT
@@ -21,6 +20,8 @@ def _dit(seed: int) -> VideoDiT:
 
 
 def test_write_text_is_old_or_new_after_a_crash_at_any_step(tmp_path):
+    from vae3d.atomic import write_text
+
     target = tmp_path / "latest"
     write_text(target, "old")
     phases = 0
@@ -84,6 +85,8 @@ def test_a_plain_folder_becomes_a_pointer_and_a_kill_in_between_is_repaired_on_l
 
 
 def test_replace_folder_leaves_the_old_content_on_an_error_and_refuses_a_file(tmp_path):
+    from vae3d.atomic import recover_folder, replace_folder
+
     folder = tmp_path / "f"
     with replace_folder(folder) as tmp:
         (tmp / "a").write_text("1")

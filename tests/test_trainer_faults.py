@@ -3,6 +3,7 @@ a crash at every file operation of a save, crafted pickles in a checkpoint, a fo
 run, a loss that is never finite."""
 
 import json
+import os
 import pickle
 import shutil
 
@@ -10,7 +11,6 @@ import pytest
 import torch
 from faults import every_phase
 
-from vae3d.atomic import replace_folder
 from videodit import trainer
 from videodit.distributed import DeepSpeedConfig
 
@@ -52,9 +52,10 @@ class ToyTask:
     def load_state_dict(self, state):
         self.served = state["served"]
 
-    def export(self, weights, folder):
-        with replace_folder(folder) as tmp:
-            torch.save(weights, tmp / "weights.pt")
+    def export(self, weights, folder):  # one file, written atomically (temporary name, then os.replace)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(weights, folder / ".weights.pt.tmp")
+        os.replace(folder / ".weights.pt.tmp", folder / "weights.pt")
 
 
 def run(out, task=None, **kw):
@@ -108,14 +109,15 @@ def test_metrics_has_each_step_once_after_a_resume(tmp_path):
 
 
 def test_a_new_run_into_a_folder_that_holds_a_run_is_refused_unless_overwrite(tmp_path):
-    run(tmp_path, stop_step=1)
-    old_export = (tmp_path / "model").resolve()
+    first = run(tmp_path, stop_step=1)
     with pytest.raises(ValueError, match=rf"{tmp_path}.*already holds a run.*train.resume is false"):
         run(tmp_path, resume=False)
-    assert old_export.is_dir() and metric_steps(tmp_path) == [1]  # nothing of the old run was touched
-    result = run(tmp_path, resume=False, overwrite=True, max_steps=2)
+    exported = torch.load(tmp_path / "model" / "weights.pt")
+    assert torch.equal(exported["weight"], first.weights["weight"]) and metric_steps(tmp_path) == [1]
+    result = run(tmp_path, resume=False, overwrite=True, max_steps=2, lr=0.01)
     assert [r["step"] for r in result.records] == [1, 2] and metric_steps(tmp_path) == [1, 2]
-    assert not old_export.exists()  # the old run's exported model was replaced, not mixed in
+    exported = torch.load(tmp_path / "model" / "weights.pt")
+    assert torch.equal(exported["weight"], result.weights["weight"])
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step00000001",
                                                                              "step00000002"]
 
