@@ -33,7 +33,17 @@ text to video only. `--lora PATH[:SCALE]` (repeatable) merges LoRA files into th
 
 Every argument is checked before anything heavy is imported or loaded; bad input exits with one line on
 stderr (status 2). torch, diffusers and transformers are imported only after validation, so that a typo
-costs milliseconds, not seconds; init videos are decoded next, before any model is loaded.
+costs milliseconds, not seconds. Then, still before any weights are read, the checkpoint's and the VAE's
+folders are checked (config.json and weights headers) and each request's peak memory is estimated
+(`videodit.budget`): a request that cannot fit the available memory (MemAvailable, or --max-memory-gb) is
+refused with the numbers, and a prompts file is split into packed passes that each fit. Init videos are
+decoded next, before any model is loaded. An unexpected internal error prints one line (--debug: the
+traceback) and exits with status 1.
+
+Outputs: a default name is a slug of the prompt plus a short hash of the whole request (the same request
+gives the same name). An existing output (or a prompts-file target) is refused unless --overwrite. Each
+video is written atomically and gets a sidecar .json (request, seed, sampler settings, checkpoint hash);
+a 1-frame video also gets a .png.
 """
 
 from __future__ import annotations
@@ -44,17 +54,22 @@ import math
 import re
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 from videodit.lora_spec import parse_lora_spec
+from videodit.outputs import drop_descriptions, existing_targets
 from videodit.video_reader import first_frames, read_conditioning
 from videodit.video_request import (
     DEFAULT_STRENGTH,
     VideoRequest,
+    check_fps,
+    check_frames,
     check_init_video,
     check_positive_int,
     check_seed,
     check_strength,
+    check_text,
     default_out,
     parse_blocks,
     parse_cfg_interval,
@@ -116,7 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 1); repeatable")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--out", type=Path, help="output .mp4 (or a folder with --prompts-file)")
+    p.add_argument("--out", type=Path, help="output .mp4 (or a folder with --prompts-file); default: "
+                                             "outputs/<prompt slug>-<request hash>.mp4")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that exist already")
+    p.add_argument("--max-memory-gb", type=float,
+                   help="memory the run may use, GiB (default: MemAvailable); larger requests are refused")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by deepspeed
     return p
 
@@ -175,10 +195,13 @@ def validate(args: argparse.Namespace) -> list[VideoRequest]:
         raise UsageError("give --prompt TEXT or --prompts-file FILE")
     if args.prompt is not None and not args.prompt.strip():
         raise ValueError("--prompt must not be empty")
-    check_positive_int(args.frames, "--frames")
+    check_text(args.prompt, "--prompt")
+    check_text(args.negative_prompt, "--negative-prompt")
+    check_frames(args.frames, "--frames")
     height, width = parse_resolution(args.res)
-    if not (args.fps > 0 and math.isfinite(args.fps)):
-        raise ValueError(f"--fps must be > 0, got {args.fps}")
+    check_fps(args.fps, "--fps")
+    if args.max_memory_gb is not None and not (args.max_memory_gb > 0 and math.isfinite(args.max_memory_gb)):
+        raise ValueError(f"--max-memory-gb must be a number of GiB > 0, got {args.max_memory_gb}")
     if args.steps is not None:
         check_positive_int(args.steps, "--steps")
     if args.cfg is not None and not (args.cfg >= 1.0 and math.isfinite(args.cfg)):
@@ -216,12 +239,13 @@ def validate(args: argparse.Namespace) -> list[VideoRequest]:
         raise ValueError("--out must not be empty")
 
     if args.prompt is not None:
-        out = args.out or default_out(args.prompt, args.seed)
+        out = args.out or default_out(args.prompt, args.seed, request_fields(args))
         if out.suffix.lower() != ".mp4":
             raise ValueError(f"--out {str(out)!r} must be an .mp4 file")
         if out.is_dir():
             raise ValueError(f"--out {str(out)!r} is a directory; give a .mp4 file name")
         _check_writable(out.parent, f"--out {str(out)!r}")
+        _check_not_there([(out, args.frames)], args.overwrite)
         strength = 1.0 if init is None else DEFAULT_STRENGTH if args.strength is None else args.strength
         return [VideoRequest(args.prompt, args.frames, height, width, args.seed, args.negative_prompt, out,
                              init, strength, image, extend)]
@@ -238,16 +262,88 @@ def validate(args: argparse.Namespace) -> list[VideoRequest]:
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out {str(folder)!r} must be a folder when --prompts-file is given")
     _check_writable(folder, f"--out folder {str(folder)!r}")
-    return requests_from_items(items, folder, args.frames, height, width, args.seed, args.negative_prompt,
-                               init, args.strength, str(path))
+    requests = requests_from_items(items, folder, args.frames, height, width, args.seed, args.negative_prompt,
+                                   init, args.strength, str(path))
+    _check_not_there([(r.out, r.frames) for r in requests], args.overwrite)
+    return requests
+
+
+def request_fields(args: argparse.Namespace) -> dict:
+    """Everything on the command line that decides the video of a --prompt request (its name's hash)."""
+    keys = ("prompt", "negative_prompt", "frames", "res", "fps", "seed", "steps", "cfg", "cfg_interval",
+            "skip_guidance", "skip_blocks", "sampler", "init_video", "strength", "image", "extend", "ckpt",
+            "vae", "dtype")
+    return {k: None if getattr(args, k) is None else str(getattr(args, k)) for k in keys}
+
+
+def _check_not_there(outs: list[tuple[Path, int]], overwrite: bool) -> None:
+    there = [] if overwrite else existing_targets(outs)
+    if there:
+        more = f" and {len(there) - 3} more" if len(there) > 3 else ""
+        raise ValueError(f"{', '.join(repr(str(p)) for p in there[:3])}{more} already exist(s); pass "
+                         f"--overwrite to replace, or choose another --out")
+
+
+def check_memory(args: argparse.Namespace, requests: list[VideoRequest]) -> int:
+    """Refuse (ValueError with the numbers) a request that cannot run in the available memory, reading the
+    checkpoint's and VAE's config and weights headers only -> the tokens one packed pass may hold."""
+    import torch
+
+    from videodit import budget
+    from videodit.footprint import footprint
+    from videodit.pipeline import resolve_device
+    from videodit.video_reader import probe_video, quiet_native_stderr
+
+    device = resolve_device(args.device)
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    fp, meta = footprint(args.ckpt, args.vae, 4 if dtype == "float32" else 2)
+    recommended = meta.get("sampling") or {}
+    guided = (args.cfg if args.cfg is not None else recommended.get("cfg", 5.0)) != 1.0
+    skip = (args.skip_guidance if args.skip_guidance is not None else recommended.get("skip_guidance", 0)) > 0
+    available = budget.available_memory_bytes(args.max_memory_gb)
+    if device.type == "cuda" and args.max_memory_gb is None:
+        available = torch.cuda.mem_get_info(device)[0] + budget.BASE_BYTES  # the GPU holds weights and work
+    for r in requests:
+        source = r.init_video or r.image or r.extend
+        size = None
+        if source is not None:
+            with quiet_native_stderr():
+                info = probe_video(source)
+            size = (min(info.num_frames, r.frames), info.height, info.width)
+        _, need = budget.request_tokens_and_bytes(r.frames, r.height, r.width, fp, guided, skip, size)
+        budget.check_fits(need, available, f"{r.out.name} ({r.frames} frames of {r.height}x{r.width})")
+    return budget.pass_token_budget(fp, available)
+
+
+def write_sidecars(args: argparse.Namespace, requests: list[VideoRequest], settings, meta: dict) -> None:
+    """A .json beside each video: its request, seed, sampler settings and the checkpoint's hash."""
+    from dataclasses import asdict
+
+    from videodit.checkpoint import DEFAULT_DIR, WEIGHTS_FILE
+    from videodit.outputs import file_sha256, write_sidecar
+
+    weights = (DEFAULT_DIR if args.ckpt == "default" else Path(args.ckpt)) / WEIGHTS_FILE
+    checkpoint = {"ckpt": args.ckpt, "vae": args.vae or meta.get("vae"),
+                  "text_encoder": meta.get("text_encoder"), "random_init": bool(meta.get("random_init")),
+                  "sha256": file_sha256(weights) if weights.is_file() else None}
+    for r in requests:
+        request = {"prompt": r.prompt, "negative_prompt": r.negative_prompt, "frames": r.frames,
+                   "res": f"{r.height}x{r.width}", "fps": args.fps, "seed": r.seed,
+                   **{k: str(getattr(r, k)) for k in ("init_video", "image", "extend") if getattr(r, k)},
+                   **({"strength": r.strength} if r.init_video else {})}
+        write_sidecar(r.out, {"video": r.out.name, "request": request, "seed": r.seed,
+                              "sampling": asdict(settings), "checkpoint": checkpoint,
+                              "device": args.device, "dtype": args.dtype})
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)
         requests = validate(args)
-        # decoded before anything heavy is imported: an unreadable or too short init video costs no model load
-        inits = {i: first_frames(r.init_video, r.frames, str(r.out))
+        token_budget = check_memory(args, requests)
+        # decoded before any model is loaded: an unreadable or too short init video costs no model load
+        inits = {i: first_frames(r.init_video, r.frames, str(r.out), repeat_image=False)
                  for i, r in enumerate(requests) if r.init_video is not None}
         conds = {i: read_conditioning(r.image, r.extend, r.frames, args.fps)
                  for i, r in enumerate(requests) if r.image is not None or r.extend is not None}
@@ -275,17 +371,34 @@ def main(argv: list[str] | None = None) -> int:
                                                                                                   pipe.meta):
             if rank == 0:
                 print(note)
+        if rank == 0:
+            drop_descriptions([r.out for r in requests])  # (--overwrite) never an old sidecar on a new video
         if world > 1:  # every rank samples, rank 0 writes
-            latents = pipeline.sample_latents(pipe, requests, settings, inits, rank == 0, conds)
-            written = [pipeline.decode_to_mp4(z, r, pipe.vae, args.fps) for r, z in zip(requests, latents)
-                       if rank == 0]
+            latents = pipeline.sample_latents(pipe, requests, settings, inits, rank == 0, conds, token_budget)
+            written = [pipeline.decode_to_mp4(z, r, pipe.vae, args.fps,
+                                              **({"png": r.out.with_suffix(".png")} if r.frames == 1 else {}))
+                       for r, z in zip(requests, latents) if rank == 0]
         else:
-            written = pipeline.generate(pipe, requests, settings, args.fps, inits, conds=conds)
+            written = pipeline.generate(pipe, requests, settings, args.fps, inits, conds=conds,
+                                        token_budget=token_budget, still_png=True)
+        if rank == 0:
+            write_sidecars(args, requests, settings, pipe.meta)
         for request, n in zip(requests, written):
             print(f"wrote {n} frames of {request.height}x{request.width} to {request.out}")
     except ValueError as e:
         print(f"generate.py: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("generate.py: interrupted (every video already written is complete; none is partial)",
+              file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, or the machine (e.g. out of memory): one line, the traceback on request
+        if "--debug" in argv:
+            traceback.print_exc()
+        text = " ".join(str(e).split())[:300]
+        print(f"generate.py: internal error: {type(e).__name__}: {text} (run again with --debug for the "
+              f"traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

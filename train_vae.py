@@ -93,9 +93,47 @@ class VAETrainConfig:
 # ------------------------------------------------------------------ data
 
 
-def clip_stream(cfg: VAETrainConfig, rank: int, world: int, manifest: str = "") -> Iterator[torch.Tensor]:
-    """Endless (3, F, H, W) clips in [-1, 1] from the data layer (data.dataset.VideoDataset), from `manifest`
-    (default: data.manifest, else the rendered world)."""
+class ClipStream:
+    """Endless (3, F, H, W) clips in [-1, 1] from the data layer (data.dataset.VideoDataset): this rank's
+    share of each epoch's seeded order, epoch after epoch.
+
+    Its position (epoch, clips of that epoch's order taken) is `state_dict()`; after `load_state_dict` the
+    stream continues with exactly the clip an unstopped one would give next (a clip's frames and size are
+    a function of (seed, epoch, index), so nothing else needs saving)."""
+
+    def __init__(self, dataset, manifest: str, rank: int):
+        self.dataset, self.manifest, self.rank = dataset, manifest, rank
+        self.epoch, self.offset = 0, 0
+        self.last_path = ""  # the clip given last
+
+    def __iter__(self) -> ClipStream:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        while True:
+            self.dataset.set_epoch(self.epoch)
+            order = self.dataset.indices()
+            whole_epoch = self.offset == 0
+            while self.offset < len(order):
+                index = order[self.offset]
+                self.offset += 1
+                sample = self.dataset.load(index)
+                if sample is not None:
+                    self.last_path = sample["path"]
+                    return sample["video"]
+            if whole_epoch:
+                raise ValueError(f"no readable clips in {self.manifest!r} for rank {self.rank}")
+            self.epoch, self.offset = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+
+
+def clip_stream(cfg: VAETrainConfig, rank: int, world: int, manifest: str = "") -> ClipStream:
+    """This rank's `ClipStream` over `manifest` (default: data.manifest, else the rendered world)."""
     from data.dataset import VideoDataset
     from data.sampling import SamplingConfig
 
@@ -105,14 +143,7 @@ def clip_stream(cfg: VAETrainConfig, rank: int, world: int, manifest: str = "") 
                               min_tokens=min(64, cfg.data.max_tokens), max_tokens=cfg.data.max_tokens,
                               min_frames=cfg.data.min_frames, max_frames=cfg.data.max_frames)
     dataset = VideoDataset(manifest, sampling, seed=cfg.train.seed, rank=rank, world_size=world)
-    for epoch in itertools.count():
-        dataset.set_epoch(epoch)
-        got = False
-        for sample in dataset:
-            got = True
-            yield sample["video"]
-        if not got:
-            raise ValueError(f"no readable clips in {manifest!r} for rank {rank}")
+    return ClipStream(dataset, manifest, rank)
 
 
 def render_world_if_needed(cfg: VAETrainConfig, rank: int) -> None:
@@ -237,12 +268,21 @@ class VAETask:
     def log_fields(self, seconds: float) -> dict:
         return {}
 
+    def samples(self) -> list[str]:
+        return [s.last_path for s in (self.clips, self.anchor_clips) if s is not None]
+
     def state_dict(self) -> dict:
-        if self.disc is None:
-            return {}
-        return {"disc": self.disc.state_dict(), "disc_optimizer": self.disc_opt.state_dict()}
+        state = {"clips": self.clips.state_dict()}
+        if self.anchor_clips is not None:
+            state["anchor_clips"] = self.anchor_clips.state_dict()
+        if self.disc is not None:
+            state.update(disc=self.disc.state_dict(), disc_optimizer=self.disc_opt.state_dict())
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        self.clips.load_state_dict(state["clips"])
+        if self.anchor_clips is not None:
+            self.anchor_clips.load_state_dict(state["anchor_clips"])
         if self.disc is not None and "disc" in state:
             self.disc.load_state_dict(state["disc"])
             self.disc_opt.load_state_dict(state["disc_optimizer"])

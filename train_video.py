@@ -360,6 +360,7 @@ class DiTTask:
         if self.wan:
             self.empty_text = (wan_finetune.empty_text(encoders[1]) if encoders is not None
                                else LatentCache.empty_text(cfg.data.cache)).to(session.device)
+        self.last_row: list[str] = []  # the paths of the row trained on last
 
     def init_from(self, model, folder: str) -> None:
         if self.wan:
@@ -369,8 +370,10 @@ class DiTTask:
     def loss(self, model, step: int, generator: torch.Generator):
         if self.rows is None:
             self.rows = iter(self.loader)
+        row = next(self.rows)
+        self.last_row = [str(s["path"]) for s in row]
         encoders = None if self.preview_only else self.encoders
-        latents, texts = row_to_latents(next(self.rows), encoders, self.session.device)
+        latents, texts = row_to_latents(row, encoders, self.session.device)
         self.positions += sum(z[0].numel() for z in latents)
         lengths = [num_tokens(tuple(z.shape[1:]), tuple(self.cfg.model.patch), self.cfg.model.causal_tubelet)
                    for z in latents]
@@ -430,6 +433,9 @@ class DiTTask:
         fields = dict(zip(fields, values.tolist()))
         fields["tokens_per_s"] *= self.groups.data_size  # the rows of all data-parallel ranks together
         return fields
+
+    def samples(self) -> list[str]:
+        return self.last_row
 
     def state_dict(self) -> dict:
         return {"loader": self.loader.state_dict()}

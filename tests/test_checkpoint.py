@@ -34,7 +34,10 @@ def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path):
     save_dit(_model(), tmp_path / "ck", {})
     second = _model()
     save_dit(second, tmp_path / "ck", {"step": 2})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+    # `ck` points at the one complete version; the older version and every temporary are gone
+    version = (tmp_path / "ck").resolve()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ck", version.name])
+    assert version.name.startswith(".ck.v-")
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "model.safetensors"]
     loaded, meta = load_dit(tmp_path / "ck", dtype=torch.bfloat16)
     assert meta["step"] == 2 and loaded.x_embedder.weight.dtype == torch.bfloat16

@@ -15,7 +15,7 @@ def test_save_load_round_trip(tmp_path):
     m.set_latent_stats(torch.arange(4.0), torch.full((4,), 2.0))
     save_vae(m, tmp_path / "vae")
     save_vae(m, tmp_path / "vae")  # overwriting an existing folder is atomic too
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["vae", (tmp_path / "vae").resolve().name])
     loaded = load_vae(tmp_path / "vae")
     assert loaded.config == m.config and loaded.is_random_init is False
     v = torch.rand(1, 3, 5, 32, 32) * 2 - 1

@@ -11,6 +11,8 @@ encoder, and records the recommended sampling settings that `generate.py` uses w
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -40,10 +42,19 @@ def export_default(dit_path: str | Path, vae_path: str | Path, sampling: dict,
     if dit.config.in_channels != vae.latent_channels:
         raise ValueError(f"DiT in_channels {dit.config.in_channels} != VAE latent channels "
                          f"{vae.latent_channels}")
-    save_vae(_half(vae), vae_out)
     meta = {**meta, "vae": "default", "text_encoder": "default", "random_init": False, "sampling": sampling}
-    save_dit(_half(dit), dit_out, meta)
+    with tempfile.TemporaryDirectory(dir=dit_out.parent) as tmp:
+        _into(save_vae(_half(vae), Path(tmp) / "vae"), vae_out)
+        _into(save_dit(_half(dit), Path(tmp) / "dit", meta), dit_out)
     return dit_out, vae_out
+
+
+def _into(written: Path, package_folder: Path) -> None:
+    """Move each file of a saved model folder into a package folder (a plain folder that git and the wheel
+    track, so not the symlink `save_dit`/`save_vae` make), one `os.replace` per file."""
+    package_folder.mkdir(parents=True, exist_ok=True)
+    for f in sorted(written.iterdir()):
+        os.replace(f, package_folder / f.name)
 
 
 def main(argv: list[str] | None = None) -> None:

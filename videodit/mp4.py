@@ -1,6 +1,8 @@
 """Write and read H.264 mp4 files through PyAV.
 
-`Mp4Writer` streams uint8 frame chunks `(f, H, W, 3)` to disk without holding the clip in memory.
+`Mp4Writer` streams uint8 frame chunks `(f, H, W, 3)` to disk without holding the clip in memory. It
+writes a hidden temporary file beside the target and renames it over the target only when the video is
+complete (`os.replace`), so an interrupted write never replaces or truncates an existing file.
 Even sizes use yuv420p (the widely playable default); an odd height or width uses yuv444p so the
 file keeps the exact size instead of being rounded by chroma subsampling.
 
@@ -9,6 +11,9 @@ file keeps the exact size instead of being rounded by chroma subsampling.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import uuid
 from fractions import Fraction
 from pathlib import Path
 
@@ -48,7 +53,8 @@ class Mp4Writer:
         self.height, self.width = height, width
         self.frames_written = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._container = av.open(str(self.path), mode="w")
+        self._tmp = self.path.with_name(f".{self.path.stem}.tmp-{uuid.uuid4().hex[:8]}.mp4")
+        self._container = av.open(str(self._tmp), mode="w", format="mp4")
         rate = Fraction(fps).limit_denominator(1001)
         self._stream = self._container.add_stream("libx264", rate=rate)
         self._stream.width, self._stream.height = width, height
@@ -74,20 +80,42 @@ class Mp4Writer:
             self.frames_written += 1
 
     def close(self) -> None:
+        """Finish the file and put it in place (the commit point)."""
         if self._closed:
             return
         self._closed = True
         try:
-            for packet in self._stream.encode():  # flush
-                self._container.mux(packet)
-        finally:
+            try:
+                for packet in self._stream.encode():  # flush
+                    self._container.mux(packet)
+            finally:
+                self._container.close()
+            with open(self._tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self._tmp.unlink()
+            raise
+
+    def abort(self) -> None:
+        """Drop the video written so far; the target is left as it was."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
             self._container.close()
+        with contextlib.suppress(OSError):
+            self._tmp.unlink()
 
     def __enter__(self) -> Mp4Writer:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def write_mp4(path: str | Path, frames, fps: float = 8, crf: int = 18) -> None:

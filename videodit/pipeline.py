@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from vae3d.atomic import temp_path
 from vae3d.io import load_vae
 from videodit import wan_generate
 from videodit.checkpoint import load_dit
@@ -156,15 +158,20 @@ def init_pixels(frames: np.ndarray, size: tuple[int, int, int], temporal_stride:
     video is, and the last frame repeated up to the VAE's whole temporal steps."""
     t, h, w = size
     height, width = h * spatial_stride, w * spatial_stride
-    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (F, 3, H0, W0)
-    scale = max(height / video.shape[-2], width / video.shape[-1])
-    cover = (max(height, math.ceil(video.shape[-2] * scale - 1e-6)),
-             max(width, math.ceil(video.shape[-1] * scale - 1e-6)))
-    if cover != tuple(video.shape[-2:]):
-        video = F.interpolate(video, size=cover, mode="bilinear", antialias=True, align_corners=False)
-    rows, cols = crop_box(cover, (height, width))
-    video = video[:, :, rows, cols].div(127.5).sub(1.0).clamp(-1, 1)
     need = 1 + (t - 1) * temporal_stride
+    source = frames[:need]  # uint8 (F, H0, W0, 3); only a chunk at a time is float at its own size
+    scale = max(height / source.shape[1], width / source.shape[2])
+    cover = (max(height, math.ceil(source.shape[1] * scale - 1e-6)),
+             max(width, math.ceil(source.shape[2] * scale - 1e-6)))
+    rows, cols = crop_box(cover, (height, width))
+    chunks = []
+    for start in range(0, source.shape[0], DECODE_CHUNK_FRAMES):
+        chunk = np.array(source[start: start + DECODE_CHUNK_FRAMES])  # a writable copy of f frames
+        video = torch.from_numpy(chunk).permute(0, 3, 1, 2).float()  # (f, 3, H0, W0)
+        if cover != tuple(video.shape[-2:]):  # -> (f, 3, cover)
+            video = F.interpolate(video, size=cover, mode="bilinear", antialias=True, align_corners=False)
+        chunks.append(video[:, :, rows, cols].div(127.5).sub(1.0).clamp(-1, 1))
+    video = torch.cat(chunks)  # (F, 3, H, W)
     if video.shape[0] < need:
         video = torch.cat([video, video[-1:].expand(need - video.shape[0], -1, -1, -1)])
     return video[:need].permute(1, 0, 2, 3)  # (3, F', H, W)
@@ -231,44 +238,62 @@ def latent_request(pipe: Pipeline, request: VideoRequest, text: torch.Tensor, ne
 @torch.no_grad()
 def sample_latents(pipe: Pipeline, requests: list[VideoRequest], settings: SamplingSettings,
                    inits: dict[int, np.ndarray] | None = None, progress: bool = True,
-                   conds: dict[int, np.ndarray] | None = None) -> list[torch.Tensor]:
+                   conds: dict[int, np.ndarray] | None = None,
+                   token_budget: int | None = None) -> list[torch.Tensor]:
     """Encode the prompts (and init videos), pack all requests into shared denoising passes -> one latent
     (C, T, h, w) per request. `inits`: {request index: its init video's frames, uint8 (F, H0, W0, 3)
     (`videodit.video_reader.first_frames`)} for video-to-video; `conds`: {request index: its
     `videodit.video_reader.read_conditioning` frames} for image-to-video and extension (kept as given,
-    see `conditioning_prefix`). A Wan pipeline samples as diffusers' WanPipeline does
-    (`videodit.wan_generate.sample_latents_wan`)."""
+    see `conditioning_prefix`). `token_budget`: the most tokens one packed pass may hold (default and cap:
+    TOKEN_BUDGET; `videodit.budget.pass_token_budget` gives what fits the machine). A Wan pipeline samples
+    as diffusers' WanPipeline does (`videodit.wan_generate.sample_latents_wan`)."""
+    budget = min(TOKEN_BUDGET, token_budget or TOKEN_BUDGET)
     if pipe.scheduler is not None:
-        return wan_generate.sample_latents_wan(pipe, requests, settings.steps, settings.cfg, TOKEN_BUDGET,
-                                               progress)
+        return wan_generate.sample_latents_wan(pipe, requests, settings.steps, settings.cfg, budget, progress)
     states, _ = pipe.text.encode([r.prompt for r in requests] + [r.negative_prompt for r in requests])
     reqs = [latent_request(pipe, r, states[i], states[len(requests) + i], (inits or {}).get(i),
                            (conds or {}).get(i)) for i, r in enumerate(requests)]
     return sample(
         pipe.dit, reqs, steps=settings.steps, sampler=settings.sampler, guidance=settings.cfg,
-        flow_cfg=pipe.flow_cfg, device=pipe.device, dtype=pipe.dtype, token_budget=TOKEN_BUDGET,
-        progress=progress, guidance_interval=settings.cfg_interval, skip_guidance=settings.skip_guidance,
-        skip_blocks=settings.skip_blocks,
+        flow_cfg=pipe.flow_cfg, device=pipe.device, dtype=pipe.dtype,
+        token_budget=budget, progress=progress, guidance_interval=settings.cfg_interval,
+        skip_guidance=settings.skip_guidance, skip_blocks=settings.skip_blocks,
     )
 
 
 @torch.no_grad()
-def decode_to_mp4(latent: torch.Tensor, request: VideoRequest, vae, fps: float) -> int:
+def decode_to_mp4(latent: torch.Tensor, request: VideoRequest, vae, fps: float,
+                  png: Path | None = None) -> int:
     """Stream-decode one latent (C, T, h, w) and write its frames, cropped to H x W, to request.out
-    -> frames written."""
+    (atomically: the file appears complete or not at all) -> frames written. `png`: also write the first
+    frame there as an image (for a 1-frame video)."""
     z = latent[None].to(dtype=next(vae.parameters()).dtype)  # (1, C, T, h, w)
     with Mp4Writer(request.out, fps, request.height, request.width) as writer:
         for chunk in vae.decode_stream(z, num_frames=request.frames, chunk_frames=DECODE_CHUNK_FRAMES):
             rows, cols = crop_box(chunk.shape[-2:], (request.height, request.width))
             pixels = chunk[0, :, :, rows, cols].float().clamp(-1, 1)  # (3, f, H, W)
-            frames = ((pixels + 1) * 127.5).round().to(torch.uint8)
-            writer.write(rearrange(frames, "c f h w -> f h w c").cpu())
-        return writer.frames_written
+            frames = rearrange(((pixels + 1) * 127.5).round().to(torch.uint8), "c f h w -> f h w c").cpu()
+            if png is not None and writer.frames_written == 0:
+                write_png(png, frames[0].numpy())
+            writer.write(frames)
+    return writer.frames_written
+
+
+def write_png(path: Path, frame: np.ndarray) -> None:
+    """uint8 (H, W, 3) -> a PNG file, written atomically."""
+    from PIL import Image
+
+    with temp_path(path) as tmp:
+        Image.fromarray(frame).save(tmp, format="PNG")
 
 
 def generate(pipe: Pipeline, requests: list[VideoRequest], settings: SamplingSettings, fps: float = 16.0,
              inits: dict[int, np.ndarray] | None = None, progress: bool = True,
-             conds: dict[int, np.ndarray] | None = None) -> list[int]:
-    """Sample every request together, then decode each to its mp4 -> frames written per request."""
-    latents = sample_latents(pipe, requests, settings, inits, progress, conds)
-    return [decode_to_mp4(z, r, pipe.vae, fps) for r, z in zip(requests, latents)]
+             conds: dict[int, np.ndarray] | None = None, token_budget: int | None = None,
+             still_png: bool = False) -> list[int]:
+    """Sample every request together (in packed passes of at most `token_budget` tokens), then decode each
+    to its mp4 -> frames written per request. `still_png`: a 1-frame request also gets `<out>.png`."""
+    latents = sample_latents(pipe, requests, settings, inits, progress, conds, token_budget)
+    return [decode_to_mp4(z, r, pipe.vae, fps, **({"png": r.out.with_suffix(".png")}
+                                                  if still_png and r.frames == 1 else {}))
+            for r, z in zip(requests, latents)]

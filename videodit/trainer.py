@@ -15,8 +15,20 @@ Checkpoints live under `<output_dir>/checkpoints/`:
     latest                names the newest complete folder
 
 A save is written under a temporary name, renamed to its `stepNNNNNNNN` name once every rank has
-finished, and only then made current by replacing `latest` (os.replace): a run killed mid-save resumes
-from the previous checkpoint. `<output_dir>/<export name>` is refreshed at every save.
+finished, and only then made current by replacing `latest` (os.replace): a run killed mid-save says so and
+resumes from the previous checkpoint. DeepSpeed's own `latest` file is never written or read.
+`<output_dir>/<export name>` is refreshed at every save (atomically, through `vae3d.atomic`).
+
+Resume reads JSON, safetensors and `torch.load(weights_only=True)` files of our own, but DeepSpeed's
+`load_checkpoint` unpickles its files: resume only from a folder you trust.
+
+A new run into an `output_dir` that already holds a run (its config.json, metrics.jsonl or checkpoints/)
+is refused, naming the folder, unless it resumes that run from a complete checkpoint or `train.overwrite`
+is set (which removes the old run's checkpoints, metrics, tensorboard logs and exported model first).
+After a resume, metrics.jsonl keeps the records up to the resumed step, so each step appears once.
+
+`train.max_nonfinite` consecutive micro-steps with a non-finite loss stop the run with an error naming the
+step and the samples (`Task.samples`).
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import shutil
 import time
@@ -38,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vae3d.atomic import write_text
 from videodit.distributed import (
     DeepSpeedConfig,
     any_rank,
@@ -75,6 +89,8 @@ class TrainConfig:
     save_every: int = 500  # 0 = only at the end
     keep_checkpoints: int = 2
     resume: bool = True  # continue from <output_dir>/checkpoints/latest if present
+    overwrite: bool = False  # a new run may replace an earlier run's files in output_dir
+    max_nonfinite: int = 20  # consecutive non-finite micro-step losses that stop the run (skipped until then)
     # Start a NEW run from the weights of a saved model folder instead of random init (each trainer says
     # which differences it allows). Ignored when resuming: the checkpoint wins.
     init_from: str = ""
@@ -97,6 +113,8 @@ class TrainConfig:
                              f"or -1 (no decay)")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.max_nonfinite < 1:
+            raise ValueError(f"train.max_nonfinite must be >= 1, got {self.max_nonfinite}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay}")
 
@@ -175,6 +193,9 @@ class Task(Protocol):
     def export(self, weights: dict[str, torch.Tensor], folder: Path) -> None:
         """Rank 0: write the usable model folder (e.g. `save_dit`) from a state dict."""
 
+    def samples(self) -> list[str]:
+        """What the last micro-step trained on (file paths or ids), for error messages."""
+
 
 def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
     """A trainer's command line: --config YAML and repeatable --set key.path=value overrides."""
@@ -222,17 +243,77 @@ def start(cfg: TrainConfig, ds: DeepSpeedConfig) -> Session:
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The folder `<output_dir>/checkpoints/latest` names, or None."""
+    """The complete checkpoint folder `<output_dir>/checkpoints/latest` names, or None."""
     root = Path(output_dir) / CHECKPOINTS
     if not (root / LATEST).is_file():
         return None
-    return root / (root / LATEST).read_text().strip()
+    folder = root / (root / LATEST).read_text().strip()
+    if not folder.is_dir():
+        raise ValueError(f"{str(root / LATEST)!r} names {folder.name!r}, which is missing: restore it, or "
+                         f"start again with train.resume=false train.overwrite=true")
+    return folder
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def interrupted_saves(output_dir: str | Path) -> list[str]:
+    """Names of checkpoints whose save was cut short (left as `.stepNNNNNNNN.tmp`)."""
+    root = Path(output_dir) / CHECKPOINTS
+    return sorted(p.name for p in root.glob(".step*.tmp")) if root.is_dir() else []
+
+
+RUN_FILES = ("config.json", "metrics.jsonl", CHECKPOINTS, "tb")  # what makes a folder hold a run
+
+
+def claim_output_dir(cfg: TrainConfig, session: Session, export_name: str) -> Path | None:
+    """The checkpoint to resume from, or None for a new run; a new run into a folder that holds another run
+    is refused (ValueError naming the folder) unless `train.overwrite`, which removes that run's files
+    (rank 0). Collective."""
+    out = session.out
+    folder = latest_checkpoint(out) if cfg.resume else None
+    partial = interrupted_saves(out)
+    if folder is not None:
+        if partial:
+            log.warning("found an interrupted save (%s); resuming from the last complete checkpoint %s",
+                        ", ".join(partial), folder.name)
+        return folder
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held and not cfg.overwrite:
+        why = "train.resume is false" if cfg.resume is False else (
+            f"it has no complete checkpoint to resume (interrupted: {', '.join(partial)})" if partial
+            else "it has no checkpoint to resume")
+        raise ValueError(f"train.output_dir {str(out)!r} already holds a run ({', '.join(held)}) and {why}; "
+                         f"use another output_dir, or set train.overwrite=true to replace that run")
+    if held and session.rank == 0:
+        log.warning("train.overwrite: removing the earlier run's %s in %s", ", ".join(held), out)
+        for name in (*RUN_FILES, export_name):
+            path = out / name
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+            elif path.is_dir():
+                shutil.rmtree(path)
+        for version in out.glob(f".{export_name}.*"):
+            shutil.rmtree(version, ignore_errors=True)
+    barrier()
+    return None
+
+
+def keep_metrics_until(path: Path, step: int) -> None:
+    """Rewrite metrics.jsonl with only its records of steps <= `step` (a resumed run logs the rest again);
+    a line cut short by a kill is dropped."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+    write_text(path, "".join(kept))
+
+
+class NonFiniteLoss(RuntimeError):
+    """Too many consecutive non-finite losses: the run stops."""
 
 
 @dataclass
@@ -256,6 +337,7 @@ class _Run:
         return state
 
     def save(self, step: int) -> Path:
+        """Write checkpoint `step`; it becomes current when `latest` is replaced (collective)."""
         root = self.session.out / CHECKPOINTS
         rank, tag = self.session.rank, f"step{step:08d}"
         tmp = root / f".{tag}.tmp"
@@ -272,14 +354,14 @@ class _Run:
         barrier()
         if rank == 0:
             if (root / tag).exists():  # complete but never made current: a save killed before `latest`
-                shutil.rmtree(root / tag)
+                _remove(root / tag)
             os.replace(tmp, root / tag)
-            _write_text(root / LATEST, tag)  # the commit point
+            write_text(root / LATEST, tag)  # the commit point
             self.task.export(weights, self.session.out / self.export_name)
             tags = sorted(p.name for p in root.glob("step*") if p.is_dir())
             for old in tags[: -self.cfg.keep_checkpoints]:
                 if old != tag:
-                    shutil.rmtree(root / old, ignore_errors=True)
+                    _remove(root / old)
             log.info("saved checkpoint %s", root / tag)
         barrier()
         return root / tag
@@ -287,11 +369,11 @@ class _Run:
     def resume(self, folder: Path) -> int:
         """Restore model, optimizer, schedule, EMA, task state and RNG from `folder` -> its step."""
         _, client = self.engine.load_checkpoint(str(folder.parent), tag=folder.name)
-        extra = torch.load(folder / f"extra_rank{self.session.rank:05d}.pt", weights_only=False)
+        extra = _load_own(folder / f"extra_rank{self.session.rank:05d}.pt")
         set_rng_state(extra.pop("rng"))
         self.task.load_state_dict(extra)
         if self.ema is not None:
-            self.ema.load_state_dict(torch.load(folder / "ema_state.pt", weights_only=True))
+            self.ema.load_state_dict(_load_own(folder / "ema_state.pt"))
         step = int(client["step"])
         self.scheduler.base_lrs = [self.cfg.lr] * len(self.scheduler.base_lrs)  # the config's lr wins
         for group in self.scheduler.optimizer.param_groups:
@@ -299,6 +381,26 @@ class _Run:
         log.info("resumed from %s at step %d (model, optimizer, EMA, data position, RNG restored)", folder,
                  step)
         return step
+
+
+def _load_own(path: Path) -> dict:
+    """A file the trainer wrote with torch.save, read with weights_only=True: tensors and plain containers
+    only, so a crafted file cannot run code. ValueError naming it otherwise."""
+    try:
+        return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise ValueError(f"{str(path)!r} is not a checkpoint file this trainer wrote (it is refused without "
+                         f"unpickling anything beyond tensors: {str(e).splitlines()[0]})") from None
+
+
+def _remove(folder: Path) -> None:
+    """Delete a checkpoint folder: renamed out of the `stepNNNNNNNN` names first, so a kill mid-delete
+    never leaves a half-deleted folder under a checkpoint's name."""
+    trash = folder.with_name(f".{folder.name}.trash")
+    if trash.exists():
+        shutil.rmtree(trash)
+    os.replace(folder, trash)
+    shutil.rmtree(trash)
 
 
 def _reduce_logs(sums: dict[str, float], count: int, device) -> dict[str, float]:
@@ -311,6 +413,16 @@ def _reduce_logs(sums: dict[str, float], count: int, device) -> dict[str, float]
         dist.all_reduce(values)
         values /= dist.get_world_size()
     return dict(zip(keys, values.tolist()))
+
+
+def _diverged(task: Task, step: int, count: int) -> NonFiniteLoss:
+    samples = task.samples() if hasattr(task, "samples") else []
+    shown = ", ".join(samples[:8]) + (f" and {len(samples) - 8} more" if len(samples) > 8 else "")
+    message = (f"{count} consecutive micro-steps had a non-finite loss, the last in step {step + 1} on "
+               f"samples [{shown}]; stopping (train.max_nonfinite = {count}). Check those samples (e.g. NaN "
+               f"in cached latents) or lower train.lr; the last checkpoint is intact")
+    log.error(message)
+    return NonFiniteLoss(message)
 
 
 @dataclass
@@ -334,7 +446,7 @@ def train(task: Task, model: nn.Module, cfg: TrainConfig, ds: DeepSpeedConfig, s
     from tqdm import tqdm
 
     rank, out = session.rank, session.out
-    folder = latest_checkpoint(out) if cfg.resume else None
+    folder = claim_output_dir(cfg, session, export_name)
     if cfg.init_from and folder is None:
         task.init_from(model, cfg.init_from)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -346,15 +458,16 @@ def train(task: Task, model: nn.Module, cfg: TrainConfig, ds: DeepSpeedConfig, s
     run = _Run(task, engine, scheduler, ema, cfg, ds, session, export_name)
     step = run.resume(folder) if folder is not None else 0
     if rank == 0:
-        _write_text(out / "config.json", json.dumps(run_config, indent=2))
+        keep_metrics_until(out / "metrics.jsonl", step)
+        write_text(out / "config.json", json.dumps(run_config, indent=2))
         log.info("world size %d, ZeRO stage %d, %s, %.2fM parameters (%.2fM trained)", session.world,
                  ds.zero_stage, ds.precision, sum(p.numel() for p in model.parameters()) / 1e6,
                  sum(p.numel() for p in params) / 1e6)
-    writer = SummaryWriter(str(out / "tb")) if rank == 0 else None
+    writer = SummaryWriter(str(out / "tb"), purge_step=step + 1 if step else None) if rank == 0 else None
     metrics = open(out / "metrics.jsonl", "a") if rank == 0 else None
     last = cfg.last_step
     bar = tqdm(total=last, initial=step, disable=rank != 0, desc="train")
-    records, nan_skips, t0 = [], 0, time.time()
+    records, nan_skips, nonfinite_run, t0 = [], 0, 0, time.time()
     while step < last:
         sums: dict[str, float] = {}
         done = attempt = 0
@@ -364,9 +477,13 @@ def train(task: Task, model: nn.Module, cfg: TrainConfig, ds: DeepSpeedConfig, s
             loss, logs = task.loss(engine, step, gen)
             if any_rank(not bool(torch.isfinite(loss)), session.device):  # all ranks skip together
                 nan_skips += 1
+                nonfinite_run += 1
                 log.warning("non-finite loss at step %d (rank-local %s): micro-step skipped, no update",
                             step, loss.item())
+                if nonfinite_run >= cfg.max_nonfinite:
+                    raise _diverged(task, step, nonfinite_run)
                 continue
+            nonfinite_run = 0
             engine.backward(scaled_for_mean_reducer(loss, session.sequence))
             engine.step()
             for k, v in {"loss": loss.item(), **logs}.items():

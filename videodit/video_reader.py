@@ -284,15 +284,19 @@ def read_conditioning(image: Path | None, extend: Path | None, num_frames: int, 
     return frames
 
 
-def first_frames(path: str | Path, num_frames: int, wanted_by: str = "the request") -> np.ndarray:
-    """The first `num_frames` frames of a video at its own rate, uint8 (F, H, W, 3); an image repeats.
+def first_frames(path: str | Path, num_frames: int, wanted_by: str = "the request",
+                 repeat_image: bool = True) -> np.ndarray:
+    """The first `num_frames` frames of a video at its own rate, uint8 (F, H, W, 3); an image repeats
+    (`repeat_image=False`: an image comes back as its one frame, for a caller that repeats it after
+    resizing, as `videodit.pipeline.init_pixels` does).
 
     ValueError (`VideoDecodeError`) naming the file when it cannot be decoded or is shorter; `wanted_by`
     names who asked (e.g. the output file) in that message.
     """
     with quiet_native_stderr():
         if is_image(path):
-            return np.repeat(decode_frames(path, [0]), num_frames, axis=0)
+            frame = decode_frames(path, [0])
+            return np.repeat(frame, num_frames, axis=0) if repeat_image else frame
         info = probe_video(path)
         if info.num_frames < num_frames:
             raise ValueError(f"init video {str(path)!r} has {info.num_frames} frames; {wanted_by} asks for "

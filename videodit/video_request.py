@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_SIDE = 8192  # pixels
+MAX_FRAMES = 2**20  # beyond any machine; the memory estimate (videodit.budget) refuses far smaller requests
+FPS_RANGE = (0.01, 1000.0)  # frames per second an mp4 is written at
 PROMPT_KEYS = {"prompt", "frames", "res", "seed", "negative_prompt", "init_video", "strength", "image",
                "extend"}
 DEFAULT_STRENGTH = 0.6  # strength of a request with an init video and no strength
@@ -100,6 +102,34 @@ def check_positive_int(value, what: str) -> int:
     return value
 
 
+def check_frames(value, what: str = "frames") -> int:
+    check_positive_int(value, what)
+    if value > MAX_FRAMES:
+        raise ValueError(f"{what} must be in [1, {MAX_FRAMES}], got {value}")
+    return value
+
+
+def check_fps(value, what: str = "fps") -> float:
+    lo, hi = FPS_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise ValueError(f"{what} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+    return float(value)
+
+
+def check_text(value, what: str = "prompt") -> str | None:
+    """A prompt must be valid Unicode text (a command line in another encoding arrives with undecodable
+    bytes as lone surrogates, which no tokenizer can take)."""
+    if value is None:
+        return None
+    try:
+        str(value).encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = str(value)[e.start:e.end].encode("utf-8", "surrogateescape")
+        raise ValueError(f"{what} is not valid UTF-8 text (bytes {bad!r} at character {e.start}); give it "
+                         f"in UTF-8") from None
+    return value
+
+
 def check_seed(value, what: str = "seed") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
         raise ValueError(f"{what} must be an integer in [0, 2**63), got {value!r}")
@@ -132,8 +162,9 @@ def check_fields(item: dict, where: str = "") -> dict:
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"{where}'prompt' must be a non-empty string")
     try:
+        check_text(prompt, "prompt")
         if "frames" in item:
-            check_positive_int(item["frames"], "frames")
+            check_frames(item["frames"], "frames")
         if "res" in item:
             if not isinstance(item["res"], str):
                 raise ValueError(f"res must be a string like '720x1280', got {item['res']!r}")
@@ -142,6 +173,7 @@ def check_fields(item: dict, where: str = "") -> dict:
             check_seed(item["seed"])
         if "negative_prompt" in item and not isinstance(item["negative_prompt"], str):
             raise ValueError("negative_prompt must be a string")
+        check_text(item.get("negative_prompt"), "negative_prompt")
         if "init_video" in item:
             check_init_video(item["init_video"])
         if "strength" in item:
@@ -213,7 +245,9 @@ def requests_from_items(items: list[dict], folder: Path, frames: int, height: in
     return requests
 
 
-def default_out(prompt: str, seed: int) -> Path:
-    """outputs/<prompt slug>-seed<seed>.mp4"""
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "video"
-    return Path("outputs") / f"{slug}-seed{seed}.mp4"
+def default_out(prompt: str, seed: int, request: dict | None = None) -> Path:
+    """outputs/<prompt slug>-<hash>.mp4: a slug of the prompt (any script) and a short hash of the whole
+    `request` (default: the prompt and the seed), so only the same request gets the same name."""
+    from videodit.outputs import request_name
+
+    return request_name(prompt, {"prompt": prompt, "seed": seed, **(request or {})})
