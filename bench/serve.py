@@ -9,8 +9,9 @@ checkpoint's sampling settings, three arms in this order:
 
 - `sequential`: each request alone through `videodit.pipeline` (sample_latents with one request, then
   decode_to_mp4: batch size 1, as generate.py runs a single prompt), first come first served. Its
-  service times are measured for real; its queue is replayed on those times (an idle server would only
-  have waited for the next arrival).
+  service times are measured for real, once before the other arms and once after them (each request's
+  mean of the two, so that a machine whose load drifts does not favour either side); its queue is
+  replayed on those times (an idle server would only have waited for the next arrival).
 - `static`: wait, batch, run to completion. When free, the server takes every request that has arrived
   (waiting `--static-window` seconds after the first one when none is waiting), samples them packed in one
   pass (`sample_latents`), decodes them, and only then looks at the queue again. Batches run for real; the
@@ -18,6 +19,9 @@ checkpoint's sampling settings, three arms in this order:
 - `continuous`: the real server (`videodit.serve`, HTTP on 127.0.0.1) in real time: each request is
   POSTed to /v1/videos at its arrival time; jobs join the running set at the next denoising step and
   leave when done. Latency is the server's own submitted -> finished time of each job.
+
+Every line records the machine's 1-minute load average at its end (`loadavg`): on shared cores the
+figures move with it.
 
 Throughput is videos per minute over the span from the first arrival to the last completion; latency is
 arrival -> video written. The last line is JSON with `throughput_ratio_vs_sequential` (continuous /
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import threading
 import time
@@ -200,27 +205,37 @@ def main(argv: list[str] | None = None) -> dict:
         in_worker(run_batch, pipe, [Item(-1, "warm up", 1, 32, 32, 0)],
                   pipeline.sampling_settings(pipe.meta, steps=1), tmp)
 
-        service = in_worker(sequential, pipe, items, settings, tmp)
-        rate = args.load / float(service.mean())  # arrivals per second
+        before = in_worker(sequential, pipe, items, settings, tmp)
+        rate = args.load / float(before.mean())  # arrivals per second
         gaps = np.random.default_rng(args.seed + 1).exponential(1.0 / rate, size=len(items))
         arrivals = np.concatenate([[0.0], np.cumsum(gaps[1:])])
+        print(json.dumps({"bench": "serve", "stage": "sequential service times, first pass",
+                          "mean_service_s": round(float(before.mean()), 2), "loadavg": os.getloadavg()[0]}),
+              flush=True)
+
+        finished, batches = in_worker(static, pipe, items, arrivals, settings, tmp, args.static_window)
+        stat = summary("static", arrivals, finished, batches=batches, window_s=args.static_window,
+                       loadavg=os.getloadavg()[0])
+        print(json.dumps(stat), flush=True)
+
+        submitted, finished, figures = continuous(pipe, items, arrivals, tmp / "served", args.steps)
+        cont = summary("continuous", submitted, finished, **figures, loadavg=os.getloadavg()[0])
+        print(json.dumps(cont), flush=True)
+
+        after = in_worker(sequential, pipe, items, settings, tmp)
+        service = (before + after) / 2
         finished, free = np.zeros(len(items)), 0.0
         for i, (a, d) in enumerate(zip(arrivals, service)):
             free = finished[i] = max(a, free) + d
-        lines = [summary("sequential", arrivals, finished, mean_service_s=round(float(service.mean()), 2),
-                         steps=settings.steps, mix=mix, load=args.load,
-                         arrival_rate_per_min=round(60 * rate, 2), threads=torch.get_num_threads())]
-        print(json.dumps(lines[-1]), flush=True)
-
-        finished, batches = in_worker(static, pipe, items, arrivals, settings, tmp, args.static_window)
-        lines.append(summary("static", arrivals, finished, batches=batches, window_s=args.static_window))
-        print(json.dumps(lines[-1]), flush=True)
-
-        submitted, finished, figures = continuous(pipe, items, arrivals, tmp / "served", args.steps)
-        lines.append(summary("continuous", submitted, finished, **figures))
-        print(json.dumps(lines[-1]), flush=True)
-    seq, stat, cont = lines
+        seq = summary("sequential", arrivals, finished, mean_service_s=round(float(service.mean()), 2),
+                      mean_service_s_passes=[round(float(before.mean()), 2), round(float(after.mean()), 2)],
+                      steps=settings.steps, mix=mix, load=args.load, arrival_rate_per_min=round(60 * rate, 2),
+                      threads=torch.get_num_threads(), loadavg=os.getloadavg()[0])
+        print(json.dumps(seq), flush=True)
+    arms = (seq, stat, cont)
     result = {"bench": "serve", "videos": args.num, "load": args.load, "steps": settings.steps,
+              "throughput_videos_per_min": {a["arm"]: a["throughput_videos_per_min"] for a in arms},
+              "p95_latency_s": {a["arm"]: a["p95_latency_s"] for a in arms},
               "throughput_ratio_vs_sequential": round(cont["throughput_videos_per_min"]
                                                       / seq["throughput_videos_per_min"], 3),
               "p95_latency_ratio_vs_static": round(cont["p95_latency_s"] / stat["p95_latency_s"], 3)}
