@@ -119,14 +119,16 @@ def build_app(pipe: Pipeline, store: JobStore, config: ServeConfig) -> FastAPI:
                 "this server needs its API key: send 'Authorization: Bearer "
                 "KEY' (the SDK's api_key)")
 
-    def video_object(job: Job) -> dict:
+    def video_object(job: Job, positions: dict[str, int] | None = None) -> dict:
+        """The API's video object; `positions`: `store.queue_positions()` when many objects are made."""
         spec = job.spec
+        positions = store.queue_positions() if positions is None else positions
         return {
             "id": job.id, "object": "video", "status": job.status, "progress": job.progress,
             "created_at": job.created_at, "completed_at": job.completed_at, "expires_at": None,
             "seconds": spec.seconds, "size": spec.size, "model": spec.model, "prompt": spec.prompt,
             "error": job.error, "remixed_from_video_id": spec.remixed_from,
-            "queue_position": store.queue_position(job.id), "frames": spec.frames, "fps": config.fps,
+            "queue_position": positions.get(job.id), "frames": spec.frames, "fps": config.fps,
             "seed": spec.seed,
         }
 
@@ -359,7 +361,8 @@ def build_app(pipe: Pipeline, store: JobStore, config: ServeConfig) -> FastAPI:
             jobs, more = store.page(q.get("after"), limit_n, order)
         except ValueError as e:
             raise ApiError(400, "invalid_request", str(e), "after") from None
-        data = [video_object(j) for j in jobs]
+        positions = store.queue_positions()
+        data = [video_object(j, positions) for j in jobs]
         return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                 "last_id": data[-1]["id"] if data else None, "has_more": more}
 
