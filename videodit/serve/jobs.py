@@ -225,11 +225,12 @@ class JobStore:
             if job.status == "completed" and not self.video_path(job.id).is_file():
                 job.status = "failed"
                 job.error = {"code": "output_missing", "message": f"{job.id}.mp4 is gone from {self.folder}"}
+                self._save(job)
             elif job.status not in FINISHED:
                 job.status, job.progress = "queued", 0
                 requeued += 1
+                self._save(job)
             self._jobs[job.id] = job
-            self._save(job)
         for folder in (self.folder, self.records, self.uploads):  # partial files of a process that stopped
             for tmp in [*folder.glob(".*.tmp"), *folder.glob(".*.partial.mp4")]:  # mid-write
                 tmp.unlink(missing_ok=True)
