@@ -99,17 +99,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         key = validate(args)
-        from videodit.pipeline import load_pipeline  # heavy imports from here on
+        import torch
+
+        from videodit.pipeline import load_pipeline, resolve_device  # heavy imports from here on
+        from videodit.serve.admission import memory_limit
         from videodit.serve.app import ServeConfig
         from videodit.serve.server import Server, bind
 
         bind(args.host, args.port).close()  # a taken port fails now, not after the model loads
+        device = resolve_device(args.device)
+        dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+        memory = memory_limit(args.ckpt, args.vae, getattr(torch, dtype), device, args.max_memory_gb)
         pipe = load_pipeline(args.ckpt, args.vae, args.device, args.dtype)
         name = args.model_name or ("videodit-default" if args.ckpt == "default" else Path(args.ckpt).name)
         config = ServeConfig(out=args.out, fps=args.fps or float(pipe.meta.get("fps", 16.0)), model_name=name,
                              input_dir=args.input_dir, api_key=key, max_queue=args.max_queue,
-                             token_budget=args.token_budget, max_upload_mb=args.max_upload_mb,
-                             max_memory_gb=args.max_memory_gb)
+                             token_budget=args.token_budget, max_upload_mb=args.max_upload_mb, memory=memory)
         server = Server(pipe, config)
     except ValueError as e:
         print(f"videodit.serve: error: {e}", file=sys.stderr)

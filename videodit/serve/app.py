@@ -40,7 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from videodit.pipeline import Pipeline, prefix_latent_frames
-from videodit.serve.admission import check_admission
+from videodit.serve.admission import MemoryLimit, check_admission, pass_token_limit
 from videodit.serve.jobs import FINISHED, Job, JobStore, QueueFull, new_job_id
 from videodit.serve.spec import PATH_KEYS, JobSpec, confined_path, job_spec, parse_seconds, typed_form_fields
 from videodit.video_reader import first_frames, frames_at_rate, probe_video, read_conditioning
@@ -65,7 +65,7 @@ class ServeConfig:
     max_queue: int = 64
     token_budget: int = 65536
     max_upload_mb: float = 64.0
-    max_memory_gb: float | None = None
+    memory: MemoryLimit | None = None  # the up-front memory estimate (`admission.memory_limit`); None: off
 
     def __post_init__(self):
         if not (self.fps > 0):
@@ -272,7 +272,7 @@ def build_app(pipe: Pipeline, store: JobStore, config: ServeConfig) -> FastAPI:
                                 pipe.vae.spatial_stride)
             prefix_latent_frames(given.shape[0], size, pipe.dit.config, pipe.vae.temporal_stride,
                                  "input_reference" if spec.image else "the video to extend")
-        check_admission(spec, pipe, config.token_budget, config.max_memory_gb)
+        check_admission(spec, pipe, pass_token_limit(config.memory, config.token_budget), config.memory)
 
     def queue_full() -> ApiError:
         return ApiError(429, "queue_full", f"the queue is full ({config.max_queue} jobs queued or running, "
