@@ -362,9 +362,15 @@ def test_extend_and_edit_map_to_extension_and_video_to_video(pipe, tmp_path):
             assert wait(client, video.id).status == "completed"
             client.videos.download_content(video.id).write_to_file(tmp_path / "got.mp4")
             assert read_mp4(tmp_path / "got.mp4").shape == (frames, 16, 24, 3)
-        again = client.videos.edit(prompt="from a finished one", video=tmp_path / "clip.mp4",
-                                   extra_body={"frames": 5})
+        again = client.videos.edit(prompt="fewer", video=tmp_path / "clip.mp4", extra_body={"frames": 5})
         assert wait(client, again.id).status == "completed"
+        with httpx.Client(base_url=url, timeout=30) as http:  # a finished video by id (JSON; the SDK uploads)
+            body = {"prompt": "on", "seconds": "0.5", "video": {"id": again.id}}
+            r = http.post("/v1/videos/extensions", json=body)
+            assert r.status_code == 200 and r.json()["seconds"] == f"{(5 + 8) / 16:g}"
+            assert wait(client, r.json()["id"]).status == "completed"
+            r = http.post("/v1/videos/edits", json={"prompt": "x", "video": {"id": "video_nope"}})
+            assert r.status_code == 404
 
 
 def test_the_memory_estimate_refuses_a_request_and_caps_the_step_budget(pipe, tmp_path, monkeypatch):
