@@ -340,7 +340,8 @@ def test_input_reference_upload_and_data_url_give_the_first_frame(pipe, pipe_pt2
             client.videos.download_content(video.id).write_to_file(tmp_path / f"{name}.mp4")
             videos[name] = read_mp4(tmp_path / f"{name}.mp4").astype(np.int16)
         assert videos["upload"].shape == (9, 24, 40, 3)
-        assert np.abs(videos["upload"] - videos["inline"]).max() <= 2  # the same request, two encodings
+        # the same request sent two ways (equal up to float rounding of the batch it shared, through x264)
+        assert np.abs(videos["upload"] - videos["inline"]).mean() < 0.5
         assert np.abs(videos["upload"][0] - videos["plain"][0]).mean() > 2  # the image changes the start
     with serving(pipe_pt2, tmp_path / "out2") as (_, url):
         with pytest.raises(openai.BadRequestError, match="needs model.causal_tubelet"):
@@ -361,31 +362,76 @@ def test_extend_and_edit_map_to_extension_and_video_to_video(pipe, tmp_path):
             assert wait(client, video.id).status == "completed"
             client.videos.download_content(video.id).write_to_file(tmp_path / "got.mp4")
             assert read_mp4(tmp_path / "got.mp4").shape == (frames, 16, 24, 3)
-        again = client.videos.edit(prompt="from a finished one", video=tmp_path / "clip.mp4",
-                                   extra_body={"frames": 5})
+        again = client.videos.edit(prompt="fewer", video=tmp_path / "clip.mp4", extra_body={"frames": 5})
         assert wait(client, again.id).status == "completed"
+        with httpx.Client(base_url=url, timeout=30) as http:  # a finished video by id (JSON; the SDK uploads)
+            body = {"prompt": "on", "seconds": "0.5", "video": {"id": again.id}}
+            r = http.post("/v1/videos/extensions", json=body)
+            assert r.status_code == 200 and r.json()["seconds"] == f"{(5 + 8) / 16:g}"
+            assert wait(client, r.json()["id"]).status == "completed"
+            r = http.post("/v1/videos/edits", json={"prompt": "x", "video": {"id": "video_nope"}})
+            assert r.status_code == 404
 
 
-def test_a_request_too_big_for_the_machine_is_refused_with_the_estimate(pipe, tmp_path, monkeypatch):
-    """Where videodit.budget is installed its check_fits decides; its message reaches the client."""
+def test_the_memory_estimate_refuses_a_request_and_caps_the_step_budget(pipe, tmp_path, monkeypatch):
+    """The server's side of generate.py's up-front estimate (`videodit.budget` and `videodit.footprint`, here
+    stand-ins with their interface): sized once at start, every request checked against it with its
+    numbers in the 400, and the batcher's per-step budget lowered to what one pass may hold."""
     import types
 
-    calls = []
+    from videodit.serve.admission import memory_limit
 
-    def check_fits(requests, pipeline, max_memory_gb):
-        calls.append((requests[0].frames, requests[0].height, max_memory_gb))
-        if requests[0].height > 64:
-            raise ValueError(f"needs 99.0 GiB, {max_memory_gb} GiB available")
+    sized = []
+    budget = types.SimpleNamespace(
+        BASE_BYTES=0, available_memory_bytes=lambda gb: int(gb * 2**30),
+        pass_token_budget=lambda fp, available: 500,
+        request_tokens_and_bytes=lambda f, h, w, fp, guided, skip, source: (0, f * h * w * 10**5),
+    )
 
-    monkeypatch.setitem(sys.modules, "videodit.budget", types.SimpleNamespace(check_fits=check_fits))
-    with serving(pipe, tmp_path / "out", batcher=False, max_memory_gb=2.0) as (_, url):
+    def check_fits(needed, available, what):
+        sized.append(what)
+        if needed > available:
+            raise ValueError(f"{what} needs about {needed / 2**30:.1f} GiB of memory, more than the "
+                             f"{available / 2**30:.1f} GiB available")
+
+    budget.check_fits = check_fits
+    found = types.SimpleNamespace(footprint=lambda ckpt, vae, dtype_bytes: (("fp", ckpt, dtype_bytes), {}))
+    monkeypatch.setitem(sys.modules, "videodit.budget", budget)
+    monkeypatch.setitem(sys.modules, "videodit.footprint", found)
+    memory = memory_limit("some/ckpt", None, torch.float32, torch.device("cpu"), 1.0)
+    assert memory.footprint == ("fp", "some/ckpt", 4) and memory.available == 2**30
+    with serving(pipe, tmp_path / "out", batcher=False, memory=memory) as (server, url):
+        assert server.batcher.token_budget == 500
         with httpx.Client(base_url=url, timeout=30) as http:
-            r = http.post("/v1/videos", json={"prompt": "a", "res": "128x128", "frames": 5})
+            r = http.post("/v1/videos", json={"prompt": "a", "res": "64x64", "frames": 9})
             assert r.status_code == 400
-            assert r.json()["error"]["message"] == "needs 99.0 GiB, 2.0 GiB available"
-            r = http.post("/v1/videos", json={"prompt": "a", "res": "64x64", "frames": 5})
+            assert r.json()["error"]["message"] == ("9 frames of 64x64 (WIDTHxHEIGHT) needs about 3.4 GiB of "
+                                                    "memory, more than the 1.0 GiB available")
+            r = http.post("/v1/videos", json={"prompt": "a", "res": "32x32", "frames": 5})
             assert r.status_code == 200
-    assert calls == [(5, 128, 2.0), (5, 64, 2.0)]
+    assert sized == ["9 frames of 64x64 (WIDTHxHEIGHT)", "5 frames of 32x32 (WIDTHxHEIGHT)"]
+
+
+def test_the_real_memory_estimate_where_it_is_installed(tmp_path):
+    """With `videodit.budget` installed: a limit between what two requests need admits the one and refuses
+    the other with the estimate's numbers."""
+    budget = pytest.importorskip("videodit.budget")
+    pytest.importorskip("videodit.footprint")
+    from videodit.serve.admission import memory_limit
+
+    ckpt = _checkpoint(tmp_path / "ck")
+    fp = memory_limit(str(ckpt), None, torch.float32, torch.device("cpu"), 1.0).footprint
+    small = budget.request_tokens_and_bytes(1, 16, 16, fp, True, False, None)[1]
+    big = budget.request_tokens_and_bytes(16, 1024, 1024, fp, True, False, None)[1]
+    assert big > small
+    memory = memory_limit(str(ckpt), None, torch.float32, torch.device("cpu"), (small + big) / 2 / 2**30)
+    with serving(load_pipeline(str(ckpt)), tmp_path / "out", batcher=False, memory=memory,
+                 token_budget=10**9) as (_, url):
+        with httpx.Client(base_url=url, timeout=30) as http:
+            r = http.post("/v1/videos", json={"prompt": "a", "res": "16x16", "frames": 1})
+            assert r.status_code == 200
+            r = http.post("/v1/videos", json={"prompt": "a", "res": "1024x1024", "frames": 16})
+            assert r.status_code == 400 and "1024x1024" in r.json()["error"]["message"]
 
 
 def test_a_job_joining_a_running_batch_midway_gets_the_latents_it_gets_alone(pipe, tmp_path, monkeypatch):

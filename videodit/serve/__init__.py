@@ -2,7 +2,7 @@
 video API (so the `openai` SDK's `client.videos` works against it), and a web page.
 
     python -m videodit.serve                      # the embedded default model on http://127.0.0.1:8000
-    python -m videodit.serve --ckpt runs/x/final --port 0 --out served/
+    python -m videodit.serve --ckpt runs/x/final --port 0 --out outputs/mine
 
 Layers, each in its own module:
 - `spec`: what a client asks for (API fields and prompts-file fields) checked into a `JobSpec`;

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -37,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae", default=None, help="VAE to decode with (default: the checkpoint's own)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
-    p.add_argument("--out", type=Path, default=Path("served"),
-                   help="folder for videos and job records; they survive a restart (default served/)")
+    p.add_argument("--out", type=Path, default=Path("outputs/served"),
+                   help="folder for videos and job records; they survive a restart (default outputs/served)")
     p.add_argument("--input-dir", type=Path, default=None,
                    help="folder that paths in requests (init_video, image, extend) may name; without it the "
                         "server reads no local files for a client (uploads still work)")
@@ -74,6 +75,8 @@ def validate(args: argparse.Namespace) -> str | None:
     if not is_loopback(args.host) and key is None:
         raise ValueError(f"--host {args.host} is reachable from other machines: give --api-key (or "
                          f"--api-key-file) so that requests must carry it")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", args.device):
+        raise ValueError(f"--device {args.device!r} must be auto, cpu, cuda, cuda:N or mps")
     if args.fps is not None and not (args.fps > 0 and math.isfinite(args.fps)):
         raise ValueError(f"--fps must be > 0, got {args.fps}")
     for name, value in (("--max-queue", args.max_queue), ("--token-budget", args.token_budget)):
@@ -96,17 +99,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         key = validate(args)
-        from videodit.pipeline import load_pipeline  # heavy imports from here on
+        import torch
+
+        from videodit.pipeline import load_pipeline, resolve_device  # heavy imports from here on
+        from videodit.serve.admission import memory_limit
         from videodit.serve.app import ServeConfig
         from videodit.serve.server import Server, bind
 
         bind(args.host, args.port).close()  # a taken port fails now, not after the model loads
+        device = resolve_device(args.device)
+        dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+        memory = memory_limit(args.ckpt, args.vae, getattr(torch, dtype), device, args.max_memory_gb)
         pipe = load_pipeline(args.ckpt, args.vae, args.device, args.dtype)
         name = args.model_name or ("videodit-default" if args.ckpt == "default" else Path(args.ckpt).name)
         config = ServeConfig(out=args.out, fps=args.fps or float(pipe.meta.get("fps", 16.0)), model_name=name,
                              input_dir=args.input_dir, api_key=key, max_queue=args.max_queue,
-                             token_budget=args.token_budget, max_upload_mb=args.max_upload_mb,
-                             max_memory_gb=args.max_memory_gb)
+                             token_budget=args.token_budget, max_upload_mb=args.max_upload_mb, memory=memory)
         server = Server(pipe, config)
     except ValueError as e:
         print(f"videodit.serve: error: {e}", file=sys.stderr)

@@ -40,7 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from videodit.pipeline import Pipeline, prefix_latent_frames
-from videodit.serve.admission import check_admission
+from videodit.serve.admission import MemoryLimit, check_admission, pass_token_limit
 from videodit.serve.jobs import FINISHED, Job, JobStore, QueueFull, new_job_id
 from videodit.serve.spec import PATH_KEYS, JobSpec, confined_path, job_spec, parse_seconds, typed_form_fields
 from videodit.video_reader import first_frames, frames_at_rate, probe_video, read_conditioning
@@ -65,7 +65,7 @@ class ServeConfig:
     max_queue: int = 64
     token_budget: int = 65536
     max_upload_mb: float = 64.0
-    max_memory_gb: float | None = None
+    memory: MemoryLimit | None = None  # the up-front memory estimate (`admission.memory_limit`); None: off
 
     def __post_init__(self):
         if not (self.fps > 0):
@@ -119,14 +119,16 @@ def build_app(pipe: Pipeline, store: JobStore, config: ServeConfig) -> FastAPI:
                 "this server needs its API key: send 'Authorization: Bearer "
                 "KEY' (the SDK's api_key)")
 
-    def video_object(job: Job) -> dict:
+    def video_object(job: Job, positions: dict[str, int] | None = None) -> dict:
+        """The API's video object; `positions`: `store.queue_positions()` when many objects are made."""
         spec = job.spec
+        positions = store.queue_positions() if positions is None else positions
         return {
             "id": job.id, "object": "video", "status": job.status, "progress": job.progress,
             "created_at": job.created_at, "completed_at": job.completed_at, "expires_at": None,
             "seconds": spec.seconds, "size": spec.size, "model": spec.model, "prompt": spec.prompt,
             "error": job.error, "remixed_from_video_id": spec.remixed_from,
-            "queue_position": store.queue_position(job.id), "frames": spec.frames, "fps": config.fps,
+            "queue_position": positions.get(job.id), "frames": spec.frames, "fps": config.fps,
             "seed": spec.seed,
         }
 
@@ -270,7 +272,7 @@ def build_app(pipe: Pipeline, store: JobStore, config: ServeConfig) -> FastAPI:
                                 pipe.vae.spatial_stride)
             prefix_latent_frames(given.shape[0], size, pipe.dit.config, pipe.vae.temporal_stride,
                                  "input_reference" if spec.image else "the video to extend")
-        check_admission(spec, pipe, config.token_budget, config.max_memory_gb)
+        check_admission(spec, pipe, pass_token_limit(config.memory, config.token_budget), config.memory)
 
     def queue_full() -> ApiError:
         return ApiError(429, "queue_full", f"the queue is full ({config.max_queue} jobs queued or running, "
@@ -359,7 +361,8 @@ def build_app(pipe: Pipeline, store: JobStore, config: ServeConfig) -> FastAPI:
             jobs, more = store.page(q.get("after"), limit_n, order)
         except ValueError as e:
             raise ApiError(400, "invalid_request", str(e), "after") from None
-        data = [video_object(j) for j in jobs]
+        positions = store.queue_positions()
+        data = [video_object(j, positions) for j in jobs]
         return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                 "last_id": data[-1]["id"] if data else None, "has_more": more}
 

@@ -3,8 +3,11 @@
 Each tick (1) lets queued jobs join the running set, first submitted first, while their tokens fit the
 per-step budget (a job joins an empty set whatever its size), (2) advances every running job by ONE denoising
 step, all of them and their CFG passes packed into one forward call (`videodit.sampling.denoise_step`), and
-(3) decodes the jobs whose own steps are done to `<id>.mp4` (written under a temporary name and renamed) and
-lets them leave. A job deleted while it runs leaves at the next tick.
+(3) lets the jobs whose own steps are done leave, to be decoded to `<id>.mp4` (written under a temporary name
+and renamed). A job deleted while it runs leaves at the next tick.
+
+`run` decodes on a second thread while the loop keeps stepping (small denoising steps leave cores idle; a
+decode would otherwise stall every running job); driven by hand, `tick` decodes before it returns.
 
 Each job keeps its own scheduler, seed, steps and guidance, and the model sees every sample with its own
 timestep, so a job's latents do not depend on what it shared steps with (to float rounding).
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import sys
 import threading
 import traceback
@@ -48,14 +52,33 @@ class Batcher:
             raise ValueError(f"token_budget must be >= 1, got {token_budget}")
         self.pipe, self.store, self.fps, self.token_budget = pipe, store, fps, token_budget
         self.running: list[Running] = []
+        self.decoding: queue.Queue[Running] | None = None  # set while `run` decodes on its own thread
         self.steps_run = 0  # forward passes so far
         self.samples_stepped = 0  # job steps so far (a pass with three jobs counts three)
 
     def run(self, stop: threading.Event, idle_wait: float = 0.5) -> None:
-        """Tick until `stop` is set; wait for a new job while there is nothing to run."""
+        """Tick until `stop` is set, decoding on a thread of its own; wait for a new job while there is
+        nothing to run. Jobs still running or waiting to be decoded at the stop stay in_progress on disk (the
+        next start queues them again)."""
+        self.decoding = queue.Queue()
+        decoder = threading.Thread(target=self._decode_until, args=(stop,), name="decoder", daemon=True)
+        decoder.start()
+        try:
+            while not stop.is_set():
+                if not self.tick():
+                    self.store.wait(idle_wait)
+        finally:
+            decoder.join()
+            self.decoding = None
+
+    def _decode_until(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            if not self.tick():
-                self.store.wait(idle_wait)
+            try:
+                done = self.decoding.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if self.store.exists(done.job_id):
+                self._finish(done)
 
     @torch.no_grad()
     def tick(self) -> bool:
@@ -77,7 +100,11 @@ class Batcher:
         still = []
         for r in self.running:
             if r.state.done:
-                self._finish(r)
+                self.store.set_progress(r.job_id, 99)
+                if self.decoding is not None:
+                    self.decoding.put(r)
+                else:
+                    self._finish(r)
             else:
                 self.store.set_progress(r.job_id, min(99, 100 * r.state.calls // r.state.total_calls))
                 still.append(r)
@@ -118,6 +145,7 @@ class Batcher:
                                 settings.skip_guidance, frozenset(settings.skip_blocks))
         return Running(job.id, request, state, tokens)
 
+    @torch.no_grad()
     def _finish(self, r: Running) -> None:
         """Decode to a temporary file, rename it to `<id>.mp4`, write the thumbnail, mark completed."""
         out = self.store.video_path(r.job_id)

@@ -123,12 +123,13 @@ class JobStore:
 
     def queued(self) -> list[Job]:
         """Copies of the queued jobs in the order they run (first submitted first)."""
-        return [j for j in self.ordered() if j.status == "queued"]
+        with self._lock:
+            queued = [j for j in self._jobs.values() if j.status == "queued"]
+            return [replace(j) for j in sorted(queued, key=lambda j: j.seq)]
 
-    def queue_position(self, job_id: str) -> int | None:
-        """Jobs queued ahead of this one (0: it starts next), or None when it is not queued."""
-        ids = [j.id for j in self.queued()]
-        return ids.index(job_id) if job_id in ids else None
+    def queue_positions(self) -> dict[str, int]:
+        """{id: jobs queued ahead of it (0: it starts next)} for every queued job."""
+        return {j.id: i for i, j in enumerate(self.queued())}
 
     def unfinished(self) -> int:
         with self._lock:
@@ -224,11 +225,12 @@ class JobStore:
             if job.status == "completed" and not self.video_path(job.id).is_file():
                 job.status = "failed"
                 job.error = {"code": "output_missing", "message": f"{job.id}.mp4 is gone from {self.folder}"}
+                self._save(job)
             elif job.status not in FINISHED:
                 job.status, job.progress = "queued", 0
                 requeued += 1
+                self._save(job)
             self._jobs[job.id] = job
-            self._save(job)
         for folder in (self.folder, self.records, self.uploads):  # partial files of a process that stopped
             for tmp in [*folder.glob(".*.tmp"), *folder.glob(".*.partial.mp4")]:  # mid-write
                 tmp.unlink(missing_ok=True)

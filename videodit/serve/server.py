@@ -15,6 +15,7 @@ import time
 import uvicorn
 
 from videodit.pipeline import Pipeline
+from videodit.serve.admission import pass_token_limit
 from videodit.serve.app import ServeConfig, build_app
 from videodit.serve.batcher import Batcher
 from videodit.serve.jobs import JobStore
@@ -44,7 +45,8 @@ class Server:
     def __init__(self, pipe: Pipeline, config: ServeConfig):
         self.pipe, self.config = pipe, config
         self.store = JobStore(config.out, config.max_queue)
-        self.batcher = Batcher(pipe, self.store, config.fps, config.token_budget)
+        budget = pass_token_limit(config.memory, config.token_budget)
+        self.batcher = Batcher(pipe, self.store, config.fps, budget)
         self.app = build_app(pipe, self.store, config)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
