@@ -144,7 +144,7 @@ def training_mfu(device, peak: float, width: int, heads: int, tokens: int, steps
     flops = cost_model(cfg, "bf16").row_flops(packed.seqlens, [20] * packed.num_samples)
     return emit(check="train_mfu", width=width, heads=heads, depth=cfg.depth, tokens=sum(packed.seqlens),
                 backend=resolve_backend("auto", device, torch.bfloat16), step_s=round(seconds, 4),
-                tflops=round(flops / seconds / 1e12, 1), mfu=round(flops / seconds / peak, 3))
+                tflops=float(f"{flops / seconds / 1e12:.3g}"), mfu=float(f"{flops / seconds / peak:.3g}"))
 
 
 # ------------------------------------------------------------------ 3. sampling step

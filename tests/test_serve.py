@@ -373,51 +373,11 @@ def test_extend_and_edit_map_to_extension_and_video_to_video(pipe, tmp_path):
             assert r.status_code == 404
 
 
-def test_the_memory_estimate_refuses_a_request_and_caps_the_step_budget(pipe, tmp_path, monkeypatch):
-    """The server's side of generate.py's up-front estimate (`videodit.budget` and `videodit.footprint`, here
-    stand-ins with their interface): sized once at start, every request checked against it with its
-    numbers in the 400, and the batcher's per-step budget lowered to what one pass may hold."""
-    import types
-
-    from videodit.serve.admission import memory_limit
-
-    sized = []
-    budget = types.SimpleNamespace(
-        BASE_BYTES=0, available_memory_bytes=lambda gb: int(gb * 2**30),
-        pass_token_budget=lambda fp, available: 500,
-        request_tokens_and_bytes=lambda f, h, w, fp, guided, skip, source: (0, f * h * w * 10**5),
-    )
-
-    def check_fits(needed, available, what):
-        sized.append(what)
-        if needed > available:
-            raise ValueError(f"{what} needs about {needed / 2**30:.1f} GiB of memory, more than the "
-                             f"{available / 2**30:.1f} GiB available")
-
-    budget.check_fits = check_fits
-    found = types.SimpleNamespace(footprint=lambda ckpt, vae, dtype_bytes: (("fp", ckpt, dtype_bytes), {}))
-    monkeypatch.setitem(sys.modules, "videodit.budget", budget)
-    monkeypatch.setitem(sys.modules, "videodit.footprint", found)
-    memory = memory_limit("some/ckpt", None, torch.float32, torch.device("cpu"), 1.0)
-    assert memory.footprint == ("fp", "some/ckpt", 4) and memory.available == 2**30
-    with serving(pipe, tmp_path / "out", batcher=False, memory=memory) as (server, url):
-        assert server.batcher.token_budget == 500
-        with httpx.Client(base_url=url, timeout=30) as http:
-            r = http.post("/v1/videos", json={"prompt": "a", "res": "64x64", "frames": 9})
-            assert r.status_code == 400
-            assert r.json()["error"]["message"] == ("9 frames of 64x64 (WIDTHxHEIGHT) needs about 3.4 GiB of "
-                                                    "memory, more than the 1.0 GiB available")
-            r = http.post("/v1/videos", json={"prompt": "a", "res": "32x32", "frames": 5})
-            assert r.status_code == 200
-    assert sized == ["9 frames of 64x64 (WIDTHxHEIGHT)", "5 frames of 32x32 (WIDTHxHEIGHT)"]
-
-
-def test_the_real_memory_estimate_where_it_is_installed(tmp_path):
-    """With `videodit.budget` installed: a limit between what two requests need admits the one and refuses
-    the other with the estimate's numbers."""
-    budget = pytest.importorskip("videodit.budget")
-    pytest.importorskip("videodit.footprint")
-    from videodit.serve.admission import memory_limit
+def test_the_memory_estimate_admits_what_fits_refuses_the_rest_and_caps_the_step_budget(tmp_path):
+    """A limit between what two requests need admits the one and refuses the other with generate.py's
+    estimate and its numbers; the per-step budget is what one pass may hold in that memory."""
+    from videodit import budget
+    from videodit.serve.admission import memory_limit, pass_token_limit
 
     ckpt = _checkpoint(tmp_path / "ck")
     fp = memory_limit(str(ckpt), None, torch.float32, torch.device("cpu"), 1.0).footprint
@@ -425,6 +385,8 @@ def test_the_real_memory_estimate_where_it_is_installed(tmp_path):
     big = budget.request_tokens_and_bytes(16, 1024, 1024, fp, True, False, None)[1]
     assert big > small
     memory = memory_limit(str(ckpt), None, torch.float32, torch.device("cpu"), (small + big) / 2 / 2**30)
+    assert pass_token_limit(memory, 10**9) == budget.pass_token_budget(memory.footprint, memory.available)
+    assert pass_token_limit(memory, 7) == 7 and pass_token_limit(None, 7) == 7
     with serving(load_pipeline(str(ckpt)), tmp_path / "out", batcher=False, memory=memory,
                  token_budget=10**9) as (_, url):
         with httpx.Client(base_url=url, timeout=30) as http:

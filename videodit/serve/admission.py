@@ -3,9 +3,9 @@ never after it has waited in the queue.
 
 Two limits: the per-step token budget (the most tokens, CFG passes included, that the batcher puts in one
 denoising forward pass; a request above it alone would break the bound on step latency), and the up-front
-memory estimate that generate.py uses (`videodit.budget` with `videodit.footprint`, where they are
-installed): `memory_limit` sizes the checkpoint and the machine once, before the model loads, and
-`check_memory` sizes each request against that.
+memory estimate that generate.py uses (`videodit.budget` with `videodit.footprint`): `memory_limit` sizes
+the checkpoint and the machine once, before the model loads, and `check_memory` sizes each request against
+that.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from videodit import budget
+from videodit.footprint import footprint
 from videodit.packing import num_tokens
 from videodit.pipeline import Pipeline, SamplingSettings, sampling_settings
 from videodit.serve.spec import JobSpec
@@ -32,14 +34,8 @@ class MemoryLimit:
 
 
 def memory_limit(ckpt: str, vae: str | None, dtype: torch.dtype, device: torch.device,
-                 max_memory_gb: float | None) -> MemoryLimit | None:
-    """Size the checkpoint (from its folders, no weights read) and the machine; None where the estimate
-    (`videodit.budget`) is not installed."""
-    try:
-        from videodit import budget
-        from videodit.footprint import footprint
-    except ImportError:
-        return None
+                 max_memory_gb: float | None) -> MemoryLimit:
+    """Size the checkpoint (from its folders, no weights read) and the machine."""
     fp, _ = footprint(ckpt, vae, torch.finfo(dtype).bits // 8)
     available = budget.available_memory_bytes(max_memory_gb)
     if device.type == "cuda" and max_memory_gb is None:
@@ -51,8 +47,6 @@ def pass_token_limit(memory: MemoryLimit | None, token_budget: int) -> int:
     """The per-step budget the batcher keeps: `token_budget`, lowered to what one pass may hold in memory."""
     if memory is None:
         return token_budget
-    from videodit import budget
-
     return min(token_budget, budget.pass_token_budget(memory.footprint, memory.available))
 
 
@@ -89,8 +83,6 @@ def check_memory(spec: JobSpec, pipe: Pipeline, memory: MemoryLimit | None) -> N
     needs more than the machine has. A no-op without the estimate."""
     if memory is None:
         return
-    from videodit import budget
-
     settings = settings_of(spec, pipe)
     source = spec.init_video or spec.image or spec.extend
     size = None
