@@ -347,8 +347,9 @@ class _Run:
         root = self.session.out / CHECKPOINTS
         rank, tag = self.session.rank, f"step{step:08d}"
         tmp = root / f".{tag}.tmp"
-        if rank == 0 and tmp.exists():
-            shutil.rmtree(tmp)  # what a killed save left
+        if rank == 0:  # what killed saves and deletions left
+            for leftover in [*root.glob(".step*.tmp"), *root.glob(".step*.trash")]:
+                shutil.rmtree(leftover)
         barrier()
         self.engine.save_checkpoint(str(root), tag=tmp.name, client_state={"step": step}, save_latest=False)
         torch.save({**self.task.state_dict(), "rng": rng_state()}, tmp / f"extra_rank{rank:05d}.pt")
