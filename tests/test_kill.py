@@ -41,7 +41,6 @@ def killed(n: int, under: Path, module: str, args: list[str], match: str = "") -
     """Run `module.main(args)` with a SIGKILL at its n-th file operation under `under` -> whether it was
     killed (False: it finished first)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
-    env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run([sys.executable, DRIVER, str(n), str(under), match, module, *args], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode == -9:

@@ -83,7 +83,7 @@ def test_checkpoints_switch_latest_last_and_keep_the_newest(tmp_path):
     assert trainer.latest_checkpoint(tmp_path) == root / "step00000002"
     result = run(tmp_path, keep_checkpoints=2)
     assert [r["step"] for r in result.records] == [3, 4]  # resumed from step 2, not the stale step 3
-    assert sorted(p.name for p in root.iterdir()) == ["latest", "step00000003", "step00000004"]
+    assert sorted(p.name for p in root.iterdir()) == ["exported", "latest", "step00000003", "step00000004"]
     assert not (root / "step00000003" / "stale").exists()
     assert (root / "step00000004" / "model" / "weights.pt").is_file()
 

@@ -13,11 +13,13 @@ Checkpoints live under `<output_dir>/checkpoints/`:
                           ema_state.pt         the EMA shadow (when train.ema_decay > 0)
                           <export name>/       the usable model folder (EMA weights when there is an EMA)
     latest                names the newest complete folder
+    exported              names the checkpoint `<output_dir>/<export name>` was refreshed from
 
 A save is written under a temporary name, renamed to its `stepNNNNNNNN` name once every rank has
 finished, and only then made current by replacing `latest` (os.replace): a run killed mid-save says so and
 resumes from the previous checkpoint. DeepSpeed's own `latest` file is never written or read.
-`<output_dir>/<export name>` is refreshed at every save (atomically, through `vae3d.atomic`).
+`<output_dir>/<export name>` is refreshed at every save (atomically, through `vae3d.atomic`), and on resume
+when a kill came between a checkpoint's commit and that refresh.
 
 Resume reads JSON, safetensors and `torch.load(weights_only=True)` files of our own, but DeepSpeed's
 `load_checkpoint` unpickles its files: resume only from a folder you trust.
@@ -51,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vae3d.atomic import write_text
+from vae3d.atomic import replace_folder, write_text
 from videodit.distributed import (
     DeepSpeedConfig,
     any_rank,
@@ -68,6 +70,7 @@ log = logging.getLogger("videodit.trainer")
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+EXPORTED = "exported"  # names the checkpoint <output_dir>/<export name> was last refreshed from
 
 
 @dataclass
@@ -296,6 +299,19 @@ def claim_output_dir(cfg: TrainConfig, session: Session, export_name: str) -> Pa
     return None
 
 
+def refresh_export(folder: Path, export_name: str) -> None:
+    """Make `<output_dir>/<export name>` the resumed checkpoint's export, unless it already is (a run killed
+    after a checkpoint's commit and before its export left an older one there)."""
+    root, out = folder.parent, folder.parent.parent
+    exported = root / EXPORTED
+    if exported.is_file() and exported.read_text().strip() == folder.name:
+        return
+    with replace_folder(out / export_name) as tmp:
+        shutil.copytree(folder / export_name, tmp, dirs_exist_ok=True)
+    write_text(exported, folder.name)
+    log.info("refreshed %s from %s", out / export_name, folder.name)
+
+
 def keep_metrics_until(path: Path, step: int) -> None:
     """Rewrite metrics.jsonl with only its records of steps <= `step` (a resumed run logs the rest again);
     a line cut short by a kill is dropped."""
@@ -341,8 +357,9 @@ class _Run:
         root = self.session.out / CHECKPOINTS
         rank, tag = self.session.rank, f"step{step:08d}"
         tmp = root / f".{tag}.tmp"
-        if rank == 0 and tmp.exists():
-            shutil.rmtree(tmp)  # what a killed save left
+        if rank == 0:  # what killed saves and deletions left
+            for leftover in [*root.glob(".step*.tmp"), *root.glob(".step*.trash")]:
+                shutil.rmtree(leftover)
         barrier()
         self.engine.save_checkpoint(str(root), tag=tmp.name, client_state={"step": step}, save_latest=False)
         torch.save({**self.task.state_dict(), "rng": rng_state()}, tmp / f"extra_rank{rank:05d}.pt")
@@ -358,6 +375,7 @@ class _Run:
             os.replace(tmp, root / tag)
             write_text(root / LATEST, tag)  # the commit point
             self.task.export(weights, self.session.out / self.export_name)
+            write_text(root / EXPORTED, tag)
             tags = sorted(p.name for p in root.glob("step*") if p.is_dir())
             for old in tags[: -self.cfg.keep_checkpoints]:
                 if old != tag:
@@ -458,6 +476,8 @@ def train(task: Task, model: nn.Module, cfg: TrainConfig, ds: DeepSpeedConfig, s
     run = _Run(task, engine, scheduler, ema, cfg, ds, session, export_name)
     step = run.resume(folder) if folder is not None else 0
     if rank == 0:
+        if folder is not None:
+            refresh_export(folder, export_name)
         keep_metrics_until(out / "metrics.jsonl", step)
         write_text(out / "config.json", json.dumps(run_config, indent=2))
         log.info("world size %d, ZeRO stage %d, %s, %.2fM parameters (%.2fM trained)", session.world,

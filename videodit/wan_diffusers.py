@@ -25,8 +25,6 @@ Timesteps: VideoDiT's t in [0, 1] is diffusers' timestep / 1000.
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ import torch
 from einops import rearrange
 from safetensors.torch import save_file
 
+from vae3d.atomic import replace_folder
 from videodit.model import DiTConfig, VideoDiT
 
 CLASS_NAME = "WanTransformer3DModel"
@@ -261,21 +260,8 @@ def save_diffusers_transformer(model: VideoDiT, folder: str | Path, dtype: torch
 
     config = {**diffusers_config(cfg), "_diffusers_version": diffusers.__version__}
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        tensors = {k: v.cpu() for k, v in tensors.items()}
+    tensors = {k: v.cpu() for k, v in tensors.items()}
+    with replace_folder(folder) as tmp:  # a versioned folder, then one atomic switch of the `folder` symlink
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        old = None
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-            folder.rename(old)
-        tmp.rename(folder)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return folder
