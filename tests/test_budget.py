@@ -94,7 +94,7 @@ def _check_estimate(frames: int, res: str, tmp_path: Path) -> dict:
     return record
 
 
-@pytest.mark.slow  # a peak-RSS measurement: run it on a quiet machine (in one full-suite run it read 52% more)
+@pytest.mark.slow  # a peak-RSS measurement: run on a quiet machine (one full-suite run read 52% more)
 def test_the_estimate_is_within_30_percent_of_the_measured_peak_small(tmp_path):
     _check_estimate(1, "256x256", tmp_path)
 
