@@ -33,7 +33,8 @@ def test_write_text_is_old_or_new_after_a_crash_at_any_step(tmp_path):
 
 
 def test_save_dit_over_an_existing_folder_survives_a_crash_at_every_step(tmp_path):
-    """The issue's failure: two renames, and a kill between them left only hidden copies."""
+    """A crash at any step, including between moving the old version out and the new one in, leaves a
+    complete checkpoint at the stable name."""
     folder = tmp_path / "ema"
     old, new = _dit(0), _dit(1)
     save_dit(old, folder, {"step": 1})

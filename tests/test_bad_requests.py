@@ -272,3 +272,26 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(world, tm
     assert generate.main([*argv, "--debug"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "something inside broke" in err
+
+
+def test_a_text_encoder_with_crafted_pickled_weights_is_refused_and_never_runs(world, tmp_path, capsys):
+    """Text encoders may ship pickled .bin weights (transformers reads them with weights_only=True): a
+    crafted one is a one-line refusal, and its payload does not run."""
+    import shutil
+
+    from videodit.text_encoder import default_text_encoder_path
+
+    text = tmp_path / "text_encoder"
+    shutil.copytree(default_text_encoder_path(), text)
+    (text / "model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    torch.save({"embeddings.word_embeddings.weight": Payload(marker)}, text / "pytorch_model.bin")
+    ckpt = _edit_config(world["ckpt"].resolve(), tmp_path / "ckpt",
+                        lambda c: c["meta"].update(text_encoder=str(text)))
+    argv = ["--prompt", "a", "--ckpt", str(ckpt), "--frames", "1", "--res", "16x16",
+            "--out", str(tmp_path / "x.mp4")]
+    assert generate.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot load the text encoder in" in err[0], err
+    assert not marker.exists()
+

@@ -34,8 +34,8 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 def test_default_names_differ_per_request_and_repeat_for_the_same_one():
-    """The issue's collisions: every Cyrillic or CJK prompt became video-seed0.mp4, and "a red ball!" and
-    "A red ball?" shared a name."""
+    """Prompts in any script get names of their own, and so do prompts that differ only in case and
+    punctuation ("a red ball!", "A red ball?")."""
     prompts = ["собака бежит по снегу", "кошка спит", "雪の中を走る犬", "海の上の船", "a red ball!",
                "A red ball?"]
     names = [default_out(p, 0) for p in prompts]
@@ -88,7 +88,7 @@ def test_sidecar_records_what_reproduces_the_video_and_a_still_gets_a_png(ckpt, 
 
 
 def test_an_interrupted_mp4_write_leaves_the_existing_file_whole(tmp_path):
-    """The issue's failure: a kill mid-write turned an existing video into an unreadable 48-byte file."""
+    """A write interrupted part-way leaves the existing video byte for byte, and no temporary file."""
     out = tmp_path / "v.mp4"
     write_mp4(out, np.full((4, 16, 16, 3), 50, np.uint8), fps=8)
     before = out.read_bytes()
@@ -133,7 +133,8 @@ def test_a_prompts_file_is_split_into_packed_passes_that_each_fit(tmp_path, caps
 
 
 def test_an_init_image_is_resized_before_it_is_repeated(tmp_path):
-    """The issue's failure: a 6000x6000 image given for 300 frames was repeated at full size (32 GB)."""
+    """A 6000x6000 image given for 300 frames is resized first and repeated at the request's size (at its
+    own size the repeats would take 32 GB)."""
     from videodit.video_reader import first_frames
 
     Image.new("RGB", (6000, 6000), (10, 200, 30)).save(tmp_path / "huge.png")

@@ -70,7 +70,8 @@ def test_a_crash_at_every_step_is_completed_by_the_next_run(tmp_path, setup):
 
 
 def test_a_rerun_with_other_settings_is_refused_and_rebuild_replaces_the_cache(tmp_path, setup, capsys):
-    """The issue's failure: a rerun from another manifest reused the old shards and rewrote index.json."""
+    """A rerun from another manifest (or other sampling, or another shard size) never reuses the old shards
+    or rewrites the index over them."""
     root, vae_dir, (vae, te), manifests = setup
     out = tmp_path / "cache"
     precache(manifests["a"], out, vae, te, SAMPLING, shard_size=1)

@@ -65,7 +65,8 @@ def same_losses(got, want):
 
 
 def test_vae_resume_is_exact_clip_stream_and_rng_included(tmp_path, vae_reference):
-    """The issue's failure: the clip stream restarted at a resume, so later losses differed."""
+    """Stopped at step 2 and resumed, the run logs exactly the losses of an uninterrupted one: the clip
+    stream continues where it was (across an epoch boundary), and so does every RNG."""
     out = tmp_path / "split"
     shutil.copytree(vae_reference / "world", out / "world")
     vae_run(out, "train.max_steps=5", "train.stop_step=2")
@@ -116,8 +117,8 @@ def video_run(cache_dir, out, **extra):
 
 
 def test_a_cache_of_nan_latents_stops_the_run_naming_step_and_samples(tmp_path, cache, monkeypatch):
-    """The issue's hang: with NaN in every cached latent the trainer skipped steps forever. The test gives
-    up (fails) after 200 micro-steps instead of hanging."""
+    """With NaN in every cached latent the run stops after train.max_nonfinite micro-steps instead of
+    skipping forever; the test gives up (fails) after 200 micro-steps instead of hanging."""
     bad = tmp_path / "nan_cache"
     shutil.copytree(cache, bad)
     for shard in bad.glob("shard_*.safetensors"):

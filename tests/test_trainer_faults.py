@@ -162,8 +162,8 @@ def test_a_crafted_pickle_in_a_checkpoint_is_never_run(tmp_path, name):
 
 
 def test_a_loss_that_is_never_finite_stops_the_run_naming_the_step_and_samples(tmp_path, monkeypatch):
-    """The issue's hang: every loss NaN skipped steps forever. Stops after train.max_nonfinite (default 20);
-    the test gives up (fails) after 200 micro-steps instead of hanging."""
+    """A loss that is NaN at every step stops the run after train.max_nonfinite (default 20) micro-steps
+    instead of skipping forever; the test gives up (fails) after 200 micro-steps instead of hanging."""
     task = ToyTask(nan=True)
     real = task.loss
 

@@ -88,11 +88,16 @@ class TextEncoder:
         self.max_length = int(max_length)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype or torch.float32
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(
-            tokenizer_path or path, local_files_only=True
-        )
-        model_cls = _model_class(model_type)
-        self.model = model_cls.from_pretrained(path, local_files_only=True, dtype=self.dtype)
+        try:  # transformers reads safetensors, or pickled .bin weights with torch.load(weights_only=True)
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(
+                tokenizer_path or path, local_files_only=True
+            )
+            model_cls = _model_class(model_type)
+            self.model = model_cls.from_pretrained(path, local_files_only=True, dtype=self.dtype)
+        except Exception as e:  # transformers raises many types for a folder it cannot load
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise ValueError(f"cannot load the text encoder in {str(path)!r}: {type(e).__name__}: "
+                             f"{first}") from None
         self.model.to(self.device).eval().requires_grad_(False)
         self.dim = int(self.model.config.hidden_size)
 
