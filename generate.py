@@ -287,12 +287,10 @@ def _check_not_there(outs: list[tuple[Path, int]], overwrite: bool) -> None:
 def check_memory(args: argparse.Namespace, requests: list[VideoRequest]) -> int:
     """Refuse (ValueError with the numbers) a request that cannot run in the available memory, reading the
     checkpoint's and VAE's config and weights headers only -> the tokens one packed pass may hold."""
-    import torch
-
     from videodit import budget
-    from videodit.footprint import footprint
+    from videodit.footprint import available_bytes, footprint
     from videodit.pipeline import resolve_device
-    from videodit.video_reader import probe_video, quiet_native_stderr
+    from videodit.video_reader import source_extent
 
     device = resolve_device(args.device)
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
@@ -300,16 +298,10 @@ def check_memory(args: argparse.Namespace, requests: list[VideoRequest]) -> int:
     recommended = meta.get("sampling") or {}
     guided = (args.cfg if args.cfg is not None else recommended.get("cfg", 5.0)) != 1.0
     skip = (args.skip_guidance if args.skip_guidance is not None else recommended.get("skip_guidance", 0)) > 0
-    available = budget.available_memory_bytes(args.max_memory_gb)
-    if device.type == "cuda" and args.max_memory_gb is None:
-        available = torch.cuda.mem_get_info(device)[0] + budget.BASE_BYTES  # the GPU holds weights and work
+    available = available_bytes(device, args.max_memory_gb)
     for r in requests:
         source = r.init_video or r.image or r.extend
-        size = None
-        if source is not None:
-            with quiet_native_stderr():
-                info = probe_video(source)
-            size = (min(info.num_frames, r.frames), info.height, info.width)
+        size = None if source is None else source_extent(source, r.frames)
         _, need = budget.request_tokens_and_bytes(r.frames, r.height, r.width, fp, guided, skip, size)
         budget.check_fits(need, available, f"{r.out.name} ({r.frames} frames of {r.height}x{r.width})")
     return budget.pass_token_budget(fp, available)

@@ -87,3 +87,15 @@ def footprint(ckpt: str = "default", vae: str | None = None, dtype_bytes: int = 
     weights = (found.parameters + vae_found.parameters + text) * dtype_bytes
     return Footprint(weights, dit, vae_shape(vae_found), dtype_bytes), found.meta
 
+
+
+def available_bytes(device, max_memory_gb: float | None) -> int:
+    """Bytes a run may use on `device` (a torch.device): `max_memory_gb`, else MemAvailable on the CPU, or the
+    GPU's free memory plus the process's base (the GPU holds the weights and the work)."""
+    from videodit import budget
+
+    if device.type == "cuda" and max_memory_gb is None:
+        import torch
+
+        return torch.cuda.mem_get_info(device)[0] + budget.BASE_BYTES
+    return budget.available_memory_bytes(max_memory_gb)

@@ -284,6 +284,14 @@ def read_conditioning(image: Path | None, extend: Path | None, num_frames: int, 
     return frames
 
 
+def source_extent(path: str | Path, num_frames: int) -> tuple[int, int, int]:
+    """(frames read, height, width) of a request's init video, image or clip, from its header only: what
+    the memory estimate (`videodit.budget`) needs of a source before anything is decoded."""
+    with quiet_native_stderr():
+        info = probe_video(path)
+    return min(info.num_frames, num_frames), info.height, info.width
+
+
 def first_frames(path: str | Path, num_frames: int, wanted_by: str = "the request",
                  repeat_image: bool = True) -> np.ndarray:
     """The first `num_frames` frames of a video at its own rate, uint8 (F, H, W, 3); an image repeats

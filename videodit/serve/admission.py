@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 from videodit import budget
-from videodit.footprint import footprint
+from videodit.footprint import available_bytes, footprint
 from videodit.packing import num_tokens
 from videodit.pipeline import Pipeline, SamplingSettings, sampling_settings
 from videodit.serve.spec import JobSpec
-from videodit.video_reader import probe_video, quiet_native_stderr
+from videodit.video_reader import source_extent
 from videodit.video_request import latent_shape
 
 
@@ -37,10 +37,7 @@ def memory_limit(ckpt: str, vae: str | None, dtype: torch.dtype, device: torch.d
                  max_memory_gb: float | None) -> MemoryLimit:
     """Size the checkpoint (from its folders, no weights read) and the machine."""
     fp, _ = footprint(ckpt, vae, torch.finfo(dtype).bits // 8)
-    available = budget.available_memory_bytes(max_memory_gb)
-    if device.type == "cuda" and max_memory_gb is None:
-        available = torch.cuda.mem_get_info(device)[0] + budget.BASE_BYTES  # the GPU holds weights and work
-    return MemoryLimit(fp, available)
+    return MemoryLimit(fp, available_bytes(device, max_memory_gb))
 
 
 def pass_token_limit(memory: MemoryLimit | None, token_budget: int) -> int:
@@ -85,11 +82,7 @@ def check_memory(spec: JobSpec, pipe: Pipeline, memory: MemoryLimit | None) -> N
         return
     settings = settings_of(spec, pipe)
     source = spec.init_video or spec.image or spec.extend
-    size = None
-    if source is not None:
-        with quiet_native_stderr():
-            info = probe_video(source)
-        size = (min(info.num_frames, spec.frames), info.height, info.width)
+    size = None if source is None else source_extent(source, spec.frames)
     _, need = budget.request_tokens_and_bytes(spec.frames, spec.height, spec.width, memory.footprint,
                                               settings.cfg != 1.0, settings.skip_guidance > 0, size)
     budget.check_fits(need, memory.available, f"{spec.frames} frames of {spec.size} (WIDTHxHEIGHT)")
