@@ -13,11 +13,15 @@ from there under the prompt: S near 0 keeps the video, 1 ignores it.
 Conditioning (on a checkpoint with a causal tubelet; its meta lists the tasks it was trained for):
 `--image PATH` gives the first frame (an image, or a video's first frame), `--extend VIDEO` continues a
 clip: its frames at `--fps` are kept (the longest prefix whose latent frames are whole tokens) and the rest
-up to `--frames` is generated. Both are scaled to cover `--res` and centre-cropped like `--init-video`;
-the given frames are re-imposed at every step and come back as the VAE's reconstruction of them.
+up to `--frames` is generated. `--last-image PATH`, with `--image`, gives the last frame too: it is encoded
+alone and given as a token group after the video (`videodit.last_frame`), so the latent's frame count must
+end on a token group (1 + 8k frames for the default). All are scaled to cover `--res` and centre-cropped
+like `--init-video`; the given frames are re-imposed at every step and come back as the VAE's
+reconstruction of them.
 
 With `--prompts-file` (JSONL: one object a line with "prompt" and optional "frames", "res", "seed",
-"negative_prompt", "init_video", "strength", "image", "extend"), all requests, whatever their shapes and
+"negative_prompt", "init_video", "strength", "image", "last_image", "extend"), all requests, whatever their
+shapes and
 tasks, are packed into the same denoising forward passes, and line i is written to `{out}/{i:04d}.mp4`.
 
 Under a launcher (`deepspeed --num_accelerators N generate.py ...`, or `torchrun --nproc_per_node N`), the
@@ -66,6 +70,7 @@ from videodit.video_request import (
     check_fps,
     check_frames,
     check_init_video,
+    check_last_image,
     check_positive_int,
     check_seed,
     check_strength,
@@ -119,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     cond.add_argument("--image", type=Path,
                       help="image-to-video: the first frame (an image, or a video's first frame)")
     cond.add_argument("--extend", type=Path, help="continue this clip up to --frames, keeping its frames")
+    p.add_argument("--last-image", type=Path,
+                   help="with --image: the last frame (an image, or a video's first frame); the video goes "
+                        "from the first to the last")
     p.add_argument("--seed", type=int, default=0, help="random seed (prompts file: seed + line index)")
     p.add_argument("--sampler", choices=SAMPLERS, help="scheduler (default: the checkpoint's, else euler)")
     p.add_argument("--ckpt", default="default", help="DiT checkpoint folder (default: the embedded model)")
@@ -182,7 +190,8 @@ def _check_wan_args(args: argparse.Namespace) -> None:
     """A WanPipeline folder samples with its own scheduler and text-to-video only."""
     given = {"--sampler": args.sampler, "--cfg-interval": args.cfg_interval,
              "--skip-guidance": args.skip_guidance, "--skip-blocks": args.skip_blocks,
-             "--init-video": args.init_video, "--image": args.image, "--extend": args.extend}
+             "--init-video": args.init_video, "--image": args.image, "--extend": args.extend,
+             "--last-image": args.last_image}
     bad = [name for name, value in given.items() if value is not None]
     if bad:
         raise ValueError(f"--ckpt {args.ckpt!r} is a Wan pipeline folder, which samples with its own "
@@ -227,6 +236,12 @@ def validate(args: argparse.Namespace) -> list[VideoRequest]:
                          "(\"image\", \"extend\")")
     if image is not None and args.frames < 2:
         raise ValueError("--image gives the first frame: ask for --frames > 1")
+    last_image = check_init_video(args.last_image, "--last-image") if args.last_image is not None else None
+    if last_image is not None:
+        if args.prompts_file is not None:
+            raise ValueError("--last-image goes with --prompt; in a prompts file give it per line "
+                             "(\"last_image\")")
+        check_last_image(image is not None, args.frames, "--last-image", "--image", "--frames")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", args.device):
         raise ValueError(f"--device {args.device!r} must be auto, cpu, cuda, cuda:N or mps")
     _check_ckpt(args.ckpt)
@@ -248,7 +263,7 @@ def validate(args: argparse.Namespace) -> list[VideoRequest]:
         _check_not_there([(out, args.frames)], args.overwrite)
         strength = 1.0 if init is None else DEFAULT_STRENGTH if args.strength is None else args.strength
         return [VideoRequest(args.prompt, args.frames, height, width, args.seed, args.negative_prompt, out,
-                             init, strength, image, extend)]
+                             init, strength, image, extend, last_image)]
 
     path = args.prompts_file
     if not path.is_file():
@@ -272,7 +287,7 @@ def request_fields(args: argparse.Namespace) -> dict:
     """Everything on the command line that decides the video of a --prompt request (its name's hash)."""
     keys = ("prompt", "negative_prompt", "frames", "res", "fps", "seed", "steps", "cfg", "cfg_interval",
             "skip_guidance", "skip_blocks", "sampler", "init_video", "strength", "image", "extend", "ckpt",
-            "vae", "dtype")
+            "vae", "dtype", "last_image")
     return {k: None if getattr(args, k) is None else str(getattr(args, k)) for k in keys}
 
 
@@ -321,7 +336,8 @@ def write_sidecars(args: argparse.Namespace, requests: list[VideoRequest], setti
     for r in requests:
         request = {"prompt": r.prompt, "negative_prompt": r.negative_prompt, "frames": r.frames,
                    "res": f"{r.height}x{r.width}", "fps": args.fps, "seed": r.seed,
-                   **{k: str(getattr(r, k)) for k in ("init_video", "image", "extend") if getattr(r, k)},
+                   **{k: str(getattr(r, k)) for k in ("init_video", "image", "last_image", "extend")
+                      if getattr(r, k)},
                    **({"strength": r.strength} if r.init_video else {})}
         write_sidecar(r.out, {"video": r.out.name, "request": request, "seed": r.seed,
                               "sampling": asdict(settings), "checkpoint": checkpoint,
@@ -339,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
                  for i, r in enumerate(requests) if r.init_video is not None}
         conds = {i: read_conditioning(r.image, r.extend, r.frames, args.fps)
                  for i, r in enumerate(requests) if r.image is not None or r.extend is not None}
+        lasts = {i: read_conditioning(r.last_image, None, r.frames, args.fps)
+                 for i, r in enumerate(requests) if r.last_image is not None}
         from videodit import pipeline  # heavy imports (torch, diffusers, transformers) from here on
 
         rank, world, device = _join_ranks(args.device)
@@ -366,13 +384,14 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             drop_descriptions([r.out for r in requests])  # (--overwrite) never an old sidecar on a new video
         if world > 1:  # every rank samples, rank 0 writes
-            latents = pipeline.sample_latents(pipe, requests, settings, inits, rank == 0, conds, token_budget)
+            latents = pipeline.sample_latents(pipe, requests, settings, inits, rank == 0, conds, token_budget,
+                                              lasts)
             written = [pipeline.decode_to_mp4(z, r, pipe.vae, args.fps,
                                               **({"png": r.out.with_suffix(".png")} if r.frames == 1 else {}))
                        for r, z in zip(requests, latents) if rank == 0]
         else:
             written = pipeline.generate(pipe, requests, settings, args.fps, inits, conds=conds,
-                                        token_budget=token_budget, still_png=True)
+                                        token_budget=token_budget, still_png=True, lasts=lasts)
         if rank == 0:
             write_sidecars(args, requests, settings, pipe.meta)
         for request, n in zip(requests, written):

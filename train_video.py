@@ -39,7 +39,7 @@ import torch
 from data.balanced_loader import CostBalancedLoader
 from data.precache import LatentCache
 from data.sampling import SamplingConfig
-from data.tasks import check_mix, sample_tasks
+from data.tasks import check_mix, condition_row
 from videodit import wan_finetune
 from videodit.checkpoint import load_dit, save_dit
 from videodit.config import load_config, to_dict
@@ -70,7 +70,8 @@ class DataConfig:
     # them (0 = keep all); rows are planned with the kept counts, so 720p clips fit small rows
     keep_tokens: int = 0
     # Conditioning tasks mixed into every row ({task: weight}): t2v, i2v (latent frame 0 given), extend (a
-    # prefix of whole token groups given); see data/tasks.py. The checkpoint's meta lists them.
+    # prefix of whole token groups given), first_last (frame 0 and the last frame given; a latent cache
+    # needs precache --last-frame); see data/tasks.py. The checkpoint's meta lists them.
     tasks: dict[str, float] = field(default_factory=lambda: {"t2v": 1.0})
     target_fps: float = 8.0
     min_frames: int = 1
@@ -208,6 +209,10 @@ def build_data(cfg: RunConfig, session: Session, groups: ParallelGroups, rank_to
     sequence group get the same rows. Rows hold `rank_tokens` x the sequence size tokens, filled by cost."""
     if cfg.data.cache:
         source = LatentCache(cfg.data.cache, patch=cfg.model.patch, causal=cfg.model.causal_tubelet)
+        if cfg.data.tasks.get("first_last", 0) > 0 and not source.index.get("settings", {}).get("last_frame"):
+            raise ValueError(f"data.tasks first_last needs each clip's last frame, and the latent cache "
+                             f"{cfg.data.cache!r} has none: rebuild it with python -m data.precache "
+                             f"--last-frame")
         encoders = None
     elif cfg.data.manifest:
         from data.dataset import VideoDataset
@@ -275,14 +280,20 @@ def drop_rate(cfg: RunConfig):
 
 
 @torch.no_grad()
-def row_to_latents(row: list[dict], encoders, device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """A loader row -> (latents [(c, T, h, w)], text embeddings [(L, D)]) on `device`."""
+def row_to_latents(row: list[dict], encoders, device, last_frames: bool = False
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None]]:
+    """A loader row -> (latents [(c, T, h, w)], text embeddings [(L, D)], last frames [(c, 1, h, w) or
+    None]) on `device`. The last frame is the clip's last video frame encoded alone (`videodit.last_frame`):
+    the cache's, or with `last_frames` encoded here from a raw clip."""
     if encoders is None:
-        return [s["latent"].to(device) for s in row], [s["text"].to(device) for s in row]
+        lasts = [s["last"].to(device) if "last" in s else None for s in row]
+        return [s["latent"].to(device) for s in row], [s["text"].to(device) for s in row], lasts
     vae, text_encoder = encoders
     latents = [vae.encode(s["video"][None].to(device))[0] for s in row]  # each (c, T, h, w)
+    lasts = [vae.encode(s["video"][None, :, -1:].to(device))[0] if last_frames and s["video"].shape[1] > 1
+             else None for s in row]  # each (c, 1, h, w)
     texts, _ = text_encoder.encode([s["caption"] for s in row])
-    return latents, [t.float() for t in texts]
+    return latents, [t.float() for t in texts], lasts
 
 
 # ------------------------------------------------------------------ model
@@ -373,7 +384,8 @@ class DiTTask:
         row = next(self.rows)
         self.last_row = [str(s["path"]) for s in row]
         encoders = None if self.preview_only else self.encoders
-        latents, texts = row_to_latents(row, encoders, self.session.device)
+        last_frames = self.cfg.data.tasks.get("first_last", 0) > 0
+        latents, texts, lasts = row_to_latents(row, encoders, self.session.device, last_frames)
         self.positions += sum(z[0].numel() for z in latents)
         lengths = [num_tokens(tuple(z.shape[1:]), tuple(self.cfg.model.patch), self.cfg.model.causal_tubelet)
                    for z in latents]
@@ -382,8 +394,8 @@ class DiTTask:
         cond = None
         if {k for k, w in self.cfg.data.tasks.items() if w > 0} != {"t2v"}:
             rng = random.Random(int(torch.randint(2**62, (1,), generator=generator)))
-            _, cond = sample_tasks(self.cfg.data.tasks, [z.shape[1] for z in latents],
-                                   tuple(self.cfg.model.patch), self.cfg.model.causal_tubelet, rng)
+            _, latents, cond = condition_row(self.cfg.data.tasks, latents, lasts, tuple(self.cfg.model.patch),
+                                             self.cfg.model.causal_tubelet, rng)
         if self.wan:
             texts = wan_finetune.pad_texts(texts)
         loss, _ = flow_loss(_EngineModel(model), latents, texts, self.cfg.flow, generator,

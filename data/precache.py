@@ -122,9 +122,10 @@ def _shard_done(out: Path, k: int, digest: str) -> bool:
 
 @torch.no_grad()
 def encode_shard(ds: VideoDataset, rows: list[int], vae, text_encoder, out: Path, k: int,
-                 dtype: torch.dtype, settings: dict | None = None) -> dict:
+                 dtype: torch.dtype, settings: dict | None = None, last_frame: bool = False) -> dict:
     """Encode manifest rows into shard k (atomically) -> the shard's JSON record, which records `settings`
-    and their hash."""
+    and their hash. `last_frame`: also store each clip's last frame encoded alone, `last.<i>` (C, 1, h, w),
+    the latent first-and-last-frame conditioning gives (`videodit.last_frame`)."""
     tensors, samples, skipped = {}, [], []
     device = next(vae.parameters()).device
     for i in rows:
@@ -136,8 +137,13 @@ def encode_shard(ds: VideoDataset, rows: list[int], vae, text_encoder, out: Path
         text = text_encoder.encode([sample["caption"]])[0][0]  # (L, D)
         tensors[f"latent.{i}"] = latent.to(dtype).contiguous().cpu()
         tensors[f"text.{i}"] = text.to(dtype).contiguous().cpu()
-        samples.append({"index": i, "path": sample["path"], "caption": sample["caption"],
-                        "shard": shard_name(k), "latent_shape": list(latent.shape), "text_len": len(text)})
+        record = {"index": i, "path": sample["path"], "caption": sample["caption"], "shard": shard_name(k),
+                  "latent_shape": list(latent.shape), "text_len": len(text)}
+        if last_frame and sample["video"].shape[1] > 1:
+            last = vae.encode(sample["video"][None, :, -1:].to(device))[0]  # (c, 1, h, w)
+            tensors[f"last.{i}"] = last.to(dtype).contiguous().cpu()
+            record["has_last"] = True
+        samples.append(record)
     with temp_path(out / f"{shard_name(k)}.safetensors") as tmp:
         save_file(tensors or {"empty": torch.zeros(0)}, str(tmp))
     record = {"shard": shard_name(k), "rows": rows, "samples": samples, "skipped": skipped,
@@ -163,7 +169,8 @@ def write_index(out: Path, settings: dict, num_shards: int) -> Path | None:
 def precache(manifest: str | Path, out: str | Path, vae="default", text_encoder="default",
              sampling: SamplingConfig | None = None, seed: int = 0, shard_size: int = 64,
              rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
-             dtype: torch.dtype = torch.float32, wan: bool = False, rebuild: bool = False) -> Path | None:
+             dtype: torch.dtype = torch.float32, wan: bool = False, rebuild: bool = False,
+             last_frame: bool = False) -> Path | None:
     """Encode this rank's shards of `manifest` into `out`; returns index.json's path once complete.
 
     `vae` / `text_encoder`: a name/path (loaded here) or an already-loaded model. `wan`: the text encoder
@@ -171,6 +178,7 @@ def precache(manifest: str | Path, out: str | Path, vae="default", text_encoder=
     prompts; the cache also stores the encoding of "" (EMPTY_TEXT).
     `sampling`: its temporal/spatial strides are replaced by the VAE's own.
     `rebuild`: replace a cache in `out` built with other settings (else that is a ValueError).
+    `last_frame`: also store each clip's last frame encoded alone (first-and-last-frame training).
     """
     from vae3d import io as vae3d_io
     from videodit.text_encoder import TextEncoder
@@ -203,6 +211,8 @@ def precache(manifest: str | Path, out: str | Path, vae="default", text_encoder=
                 "text_max_length": te_module.max_length, "wan": wan,
                 "sampling": json.loads(json.dumps(asdict(sampling))), "seed": seed, "shard_size": shard_size,
                 "num_entries": n, "dtype": str(dtype).removeprefix("torch.")}
+    if last_frame:  # recorded only when on, so caches built without it keep their settings hash
+        settings["last_frame"] = True
     check_settings(out, settings, rebuild)
     if wan and rank == 0 and not (out / EMPTY_TEXT).is_file():
         empty = text_encoder.encode([""])[0][0]  # (L, D) real-token states of ""
@@ -222,14 +232,15 @@ def precache(manifest: str | Path, out: str | Path, vae="default", text_encoder=
         for leftover in out.glob(f".{shard_name(k)}.tmp-*"):  # a write cut short by a kill
             leftover.unlink(missing_ok=True)
         rows = list(range(k * shard_size, min(n, (k + 1) * shard_size)))
-        rec = encode_shard(ds, rows, vae, text_encoder, out, k, dtype, settings)
+        rec = encode_shard(ds, rows, vae, text_encoder, out, k, dtype, settings, last_frame)
         log.info("wrote %s: %d clips, %d skipped", shard_name(k), len(rec["samples"]), len(rec["skipped"]))
     return write_index(out, settings, num_shards)
 
 
 class LatentCache:
     """Loader source over a precache folder: sample j = index.json's j-th sample (unreadable ones are
-    already left out). Yields {"latent": (c, T, h, w), "text": (L, D), "caption", "path", "index"}."""
+    already left out). Yields {"latent": (c, T, h, w), "text": (L, D), "caption", "path", "index"}, and
+    "last" (c, 1, h, w), the clip's last frame encoded alone, from a cache built with `last_frame`."""
 
     def __init__(self, folder: str | Path, patch: tuple[int, int, int] = (1, 2, 2), causal: bool = False):
         self.folder = Path(folder)
@@ -294,6 +305,7 @@ class LatentCache:
             f = self._handle(shard)
             latent = f.get_tensor(f"latent.{s['index']}").float()
             text = f.get_tensor(f"text.{s['index']}").float()
+            last = f.get_tensor(f"last.{s['index']}").float() if s.get("has_last") else None
         except Exception as e:  # safetensors raises its own error type for a truncated or garbled file
             self._open = None
             self._skip(j, shard, f"{type(e).__name__}: {e}")
@@ -303,7 +315,10 @@ class LatentCache:
                                  f"{s['latent_shape']}")
             return None
         self.stats["yielded"] += 1
-        return {"latent": latent, "text": text, "caption": s["caption"], "path": s["path"], "index": j}
+        sample = {"latent": latent, "text": text, "caption": s["caption"], "path": s["path"], "index": j}
+        if last is not None:
+            sample["last"] = last
+        return sample
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -330,6 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-size", type=int, default=64)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--last-frame", action="store_true",
+                   help="also store each clip's last frame encoded alone (for data.tasks first_last)")
     p.add_argument("--rebuild", action="store_true",
                    help="replace a cache in --out that was built with other settings (else refused)")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
@@ -356,7 +373,8 @@ def main(argv: list[str] | None = None) -> None:
             folder.name == "text_encoder" and (folder.parent / "model_index.json").is_file())
     try:
         index = precache(args.manifest, args.out, vae, text_encoder, sampling, args.seed,
-                         args.shard_size, rank, world, device, getattr(torch, args.dtype), wan, args.rebuild)
+                         args.shard_size, rank, world, device, getattr(torch, args.dtype), wan, args.rebuild,
+                         args.last_frame)
     except ValueError as e:
         print(f"precache: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -363,6 +363,40 @@ def test_image_and_extend_keep_the_given_frames(tiny_causal_ckpt, tmp_path, caps
     assert read_mp4(tmp_path / "ext.mp4").shape == (17, 16, 16, 3)
 
 
+def test_first_and_last_image_give_the_prefix_and_the_last_frame_latent(tiny_causal_ckpt, tmp_path, capsys,
+                                                                         monkeypatch):
+    """--image with --last-image: the sampler gets the first image's latent as its prefix and the last
+    image encoded alone (scaled to cover, centre-cropped) as its last frame; the video has exactly --frames
+    frames; an untrained task warns; a frame count whose latent does not end on a token group is refused
+    with the counts that work."""
+    from PIL import Image
+
+    import videodit.sampling as sampling
+
+    rng = np.random.default_rng(1)
+    first, last = tmp_path / "first.png", tmp_path / "last.png"
+    Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(first)
+    Image.fromarray(rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)).save(last)
+    seen = []
+    real = sampling.sample
+    monkeypatch.setattr(pipeline, "sample",
+                        lambda model, reqs, **kw: seen.append(reqs) or real(model, reqs, **kw))
+    common = ["--prompt", "a red ball", "--steps", "3", "--ckpt", str(tiny_causal_ckpt), "--res", "16x32",
+              "--image", str(first), "--last-image", str(last)]
+    assert generate.main([*common, "--frames", "9", "--out", str(tmp_path / "fl.mp4")]) == 0
+    assert "not trained for first_last" in capsys.readouterr().out
+    (req,) = seen[0]
+    vae = load_vae(str(tiny_causal_ckpt.parent / "vae"))
+    with torch.no_grad():
+        pixels = pipeline.init_pixels(np.asarray(Image.open(last))[None], (1, *req.size[1:]),
+                                      vae.temporal_stride, vae.spatial_stride)
+        torch.testing.assert_close(req.last, vae.encode(pixels[None])[0], atol=1e-4, rtol=1e-4)
+    assert req.prefix.shape[1] == 1 and read_mp4(tmp_path / "fl.mp4").shape == (9, 16, 32, 3)
+    assert generate.main([*common, "--frames", "13", "--out", str(tmp_path / "x.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "ask for --frames 9 or 17" in err and not (tmp_path / "x.mp4").exists()
+
+
 def test_a_checkpoint_whose_tubelet_mixes_frame_zero_refuses_an_image(tiny_ckpt, tmp_path, capsys):
     tiny = tmp_path / "one.png"
     from PIL import Image

@@ -55,6 +55,32 @@ def test_resumable_and_rank_split(tmp_path, encoders):
     assert (out / f"{shard_name(3)}.json").is_file()
 
 
+def test_last_frame_cache_stores_the_last_frame_encoded_alone(tmp_path, encoders):
+    """--last-frame: each clip of more than one frame also stores its last frame encoded alone (what
+    first-and-last-frame conditioning gives the model), and LatentCache yields it; the settings record it,
+    and a cache built without it keeps its settings hash (no "last_frame" key)."""
+    _, vae, te = encoders
+    manifest = make_dataset(tmp_path / "clips", num_clips=3)
+    sampling = SamplingConfig(min_tokens=4, max_tokens=24, patch=(1, 2, 2))
+    index = json.loads(precache(manifest, tmp_path / "cache", vae, te, sampling, seed=5,
+                                last_frame=True).read_text())
+    plain = json.loads(precache(manifest, tmp_path / "plain", vae, te, sampling, seed=5).read_text())
+    assert index["settings"]["last_frame"] is True and "last_frame" not in plain["settings"]
+    cache = LatentCache(tmp_path / "cache", patch=(1, 2, 2))
+    ds = VideoDataset(manifest, SamplingConfig(min_tokens=4, max_tokens=24), seed=5, shuffle=False)
+    stored = 0
+    for j in range(len(cache)):
+        got, ref = cache.load(j), ds.load(index["samples"][j]["index"])
+        if ref["video"].shape[1] == 1:
+            assert "last" not in got
+            continue
+        with torch.no_grad():
+            last = vae.encode(ref["video"][None, :, -1:])[0]
+        torch.testing.assert_close(got["last"], last, rtol=0, atol=0)
+        stored += 1
+    assert stored > 0 and "last" not in LatentCache(tmp_path / "plain", patch=(1, 2, 2)).load(0)
+
+
 def test_missing_index_refused(tmp_path):
     with pytest.raises(ValueError, match="index.json"):
         LatentCache(tmp_path)

@@ -376,6 +376,44 @@ def test_conditioning_prefix_is_kept_and_requests_of_mixed_tasks_pack_as_alone()
     assert (plain[:, 1:] - together[0][:, 1:]).abs().max() > 1e-3
 
 
+def test_a_last_frame_is_kept_out_of_the_result_and_packs_as_alone():
+    """First and last frame: the last image's latent goes in a token group after the video. The result has
+    the video's frames only, the first frame comes back exactly, the last frame changes the video, and the
+    request packed with t2v and i2v requests (CFG on) equals its run alone; the denoised latent holds the
+    zero pad frame and the image, exactly."""
+    from videodit.sampling import denoise_step, start_denoising
+
+    model = _causal_model()
+    g = torch.Generator().manual_seed(4)
+    first, last = torch.randn(C, 1, 4, 4, generator=g), torch.randn(C, 1, 4, 4, generator=g)
+    text = torch.randn(3, 8, generator=g)
+    both = Request((5, 4, 4), text, seed=5, prefix=first, last=last)
+    reqs = [both, Request((3, 4, 6), torch.randn(2, 8, generator=g), seed=6),
+            Request((5, 4, 4), torch.randn(3, 8, generator=g), seed=7, prefix=first)]
+    together = sample(model, reqs, steps=3, guidance=3.0, progress=False)
+    alone = [sample(model, [r], steps=3, guidance=3.0, progress=False)[0] for r in reqs]
+    for z, y in zip(together, alone):
+        torch.testing.assert_close(z, y, atol=1e-5, rtol=1e-5)
+    assert together[0].shape == (C, 5, 4, 4) and torch.equal(together[0][:, :1], first)
+    first_only = sample(model, [Request((5, 4, 4), text, seed=5, prefix=first)], steps=3, guidance=3.0,
+                        progress=False)[0]
+    assert (first_only[:, 1:] - together[0][:, 1:]).abs().max() > 1e-3
+    state = start_denoising(model, both, 3, guidance=3.0)
+    while not state.done:
+        denoise_step(model, [state])
+    assert state.latent.shape == (C, 7, 4, 4) and torch.equal(state.latent[:, 6:], last)
+    assert not state.latent[:, 5].any() and torch.equal(state.video, alone[0])
+
+
+def test_a_last_frame_needs_a_video_that_ends_on_a_token_group():
+    model = _causal_model()
+    last = torch.randn(C, 1, 4, 4)
+    with pytest.raises(ValueError, match="does not end on a token group"):
+        sample(model, [Request((4, 4, 4), torch.randn(3, 8), last=last)], steps=2, progress=False)
+    with pytest.raises(ValueError, match=r"must be \(C, 1, h, w\)"):
+        Request((5, 4, 4), torch.randn(3, 8), last=torch.randn(C, 2, 4, 4))
+
+
 def test_a_prefix_that_splits_a_token_is_refused():
     model = _causal_model()
     req = Request((5, 4, 4), torch.randn(3, 8), prefix=torch.randn(C, 2, 4, 4))  # frames [1 2] split

@@ -349,6 +349,30 @@ def test_input_reference_upload_and_data_url_give_the_first_frame(pipe, pipe_pt2
                                    extra_body={"frames": 9})
 
 
+def test_a_last_image_upload_goes_with_the_first(pipe, tmp_path):
+    """last_image (an upload, or through the SDK's extra_body as a data URL) with input_reference runs the
+    first-and-last-frame task and changes the video; without input_reference it is a 400."""
+    first = png_bytes()
+    last = io.BytesIO()
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(last, "PNG")
+    with serving(pipe, tmp_path / "out") as (_, url):
+        with httpx.Client(base_url=url, timeout=30) as http:
+            form = {"prompt": "a ball", "size": "40x24", "frames": "9", "seed": "5"}
+            f, lst = ("f.png", first, "image/png"), ("l.png", last.getvalue(), "image/png")
+            both = http.post("/v1/videos", data=form, files={"input_reference": f, "last_image": lst})
+            only = http.post("/v1/videos", data=form, files={"input_reference": f})
+            alone = http.post("/v1/videos", data=form, files={"last_image": lst})
+        assert both.status_code == 200 and only.status_code == 200
+        assert alone.status_code == 400 and "give input_reference (or image) as well" in alone.text
+        client, videos = sdk(url), {}
+        for name, r in (("both", both), ("only", only)):
+            assert wait(client, r.json()["id"]).status == "completed"
+            client.videos.download_content(r.json()["id"]).write_to_file(tmp_path / f"{name}.mp4")
+            videos[name] = read_mp4(tmp_path / f"{name}.mp4").astype(np.int16)
+        assert videos["both"].shape == (9, 24, 40, 3)
+        assert np.abs(videos["both"][-1] - videos["only"][-1]).mean() > 1  # the last image changes the end
+
+
 def test_extend_and_edit_map_to_extension_and_video_to_video(pipe, tmp_path):
     clip = np.random.default_rng(1).integers(0, 256, (9, 16, 24, 3), dtype=np.uint8)
     write_mp4(tmp_path / "clip.mp4", clip, fps=16)

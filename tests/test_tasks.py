@@ -1,8 +1,9 @@
 import random
 
 import pytest
+import torch
 
-from data.tasks import check_mix, conditioning_frames, sample_tasks
+from data.tasks import check_mix, condition_row, conditioning_frames, sample_tasks
 from videodit.patchify import group_ends
 
 
@@ -32,6 +33,24 @@ def test_sample_tasks_follows_the_mix_and_falls_back_to_t2v():
     assert 150 < tasks[:400].count("i2v") < 250
     assert tasks[400:] == ["t2v"] * 20 and not any(c.any() for c in conds[400:])
     assert all(bool(c.any()) == (k != "t2v") for k, c in zip(tasks, conds))
+
+
+def test_first_last_appends_the_last_frame_group_and_marks_it():
+    """first_last: frame 0 and the appended group (a zero frame, then the last image's latent) are given;
+    a sample without a stored last frame, or whose frames do not end on a token group, falls back to t2v."""
+    rng = random.Random(2)
+    assert conditioning_frames("first_last", 5, (2, 4, 4), True, rng, has_last=True).tolist() == [
+        True, False, False, False, False, True, True]
+    assert not conditioning_frames("first_last", 5, (2, 4, 4), True, rng, has_last=False).any()
+    assert not conditioning_frames("first_last", 4, (2, 4, 4), True, rng, has_last=True).any()
+    z, last = torch.randn(3, 5, 2, 2), torch.randn(3, 1, 2, 2)
+    tasks, latents, conds = condition_row({"first_last": 1.0}, [z, z[:, :4], z], [last, last, None],
+                                          (2, 4, 4), True, rng)
+    assert tasks == ["first_last", "t2v", "t2v"]
+    assert latents[0].shape == (3, 7, 2, 2) and torch.equal(latents[0][:, :5], z)
+    assert not latents[0][:, 5].any() and torch.equal(latents[0][:, 6:], last)
+    assert latents[1] is not None and latents[1].shape == (3, 4, 2, 2) and latents[2] is z
+    assert conds[0].shape == (7,) and not conds[1].any() and not conds[2].any()
 
 
 def test_bad_mix_is_refused():

@@ -120,6 +120,36 @@ def test_causal_tubelet_trains_from_a_cache_with_long_samples_capped(tmp_path, a
     assert saved["meta"]["tasks"] == ["extend", "i2v", "t2v"]  # what the checkpoint was trained for
 
 
+def test_first_last_trains_from_a_cache_with_last_frames_and_is_refused_without(tmp_path, assets, one_rank,
+                                                                              monkeypatch):
+    """data.tasks first_last trains from a cache built with last frames (samples grow by the last frame's
+    token group) and is refused, naming the fix, from a cache without them."""
+    from vae3d.io import load_vae
+
+    vae = load_vae(str(assets["vae"]))
+    sampling = SamplingConfig(min_tokens=8, max_tokens=32, min_frames=9, max_frames=9, patch=(2, 1, 1),
+                              causal=True)
+    precache(assets["manifest"], tmp_path / "cache", vae, "default", sampling, last_frame=True)
+    precache(assets["manifest"], tmp_path / "plain", vae, "default", sampling)
+    common = {"train.max_steps": 2, "model.patch": "[2,1,1]", "model.causal_tubelet": "true",
+              "data.row_tokens": 96, "data.max_tokens": 32, "data.tasks": "{t2v: 0.2, first_last: 0.8}"}
+    drawn, real = [], train_video.condition_row
+
+    def spy(*args):
+        tasks, latents, conds = real(*args)
+        drawn.extend((t, z.shape[1], int(c.sum())) for t, z, c in zip(tasks, latents, conds))
+        return tasks, latents, conds
+
+    monkeypatch.setattr(train_video, "condition_row", spy)
+    metrics = run(assets, tmp_path / "fl", **{**common, "data.cache": tmp_path / "cache"})
+    assert len(metrics) == 2 and all(math.isfinite(m["loss"]) for m in metrics)
+    assert ("first_last", 5, 3) in drawn  # 3 latent frames + the last frame's group (2), 1 + 2 given
+    saved = json.loads((tmp_path / "fl" / "ema" / "config.json").read_text())
+    assert saved["meta"]["tasks"] == ["first_last", "t2v"]
+    with pytest.raises(ValueError, match="--last-frame"):
+        run(assets, tmp_path / "no_last", **{**common, "data.cache": tmp_path / "plain"})
+
+
 def test_keep_tokens_must_fit_a_row():
     with pytest.raises(ValueError, match="keep_tokens"):
         train_video.RunConfig(data=train_video.DataConfig(row_tokens=32, max_tokens=32, keep_tokens=64))

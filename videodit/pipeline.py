@@ -30,6 +30,7 @@ from videodit import wan_generate
 from videodit.checkpoint import load_dit
 from videodit.config import from_dict
 from videodit.flow import FlowConfig
+from videodit.last_frame import takes_last_frame
 from videodit.mp4 import Mp4Writer
 from videodit.patchify import group_ends
 from videodit.sampling import SAMPLERS, Request, sample
@@ -206,20 +207,50 @@ def conditioning_prefix(frames: np.ndarray, size: tuple[int, int, int], pipe: Pi
                       chunk_frames=DECODE_CHUNK_FRAMES)[0].float()  # (C, k, h, w)
 
 
+def check_last_frame_count(size: tuple[int, int, int], pipe: Pipeline) -> None:
+    """ValueError, naming the nearest frame counts that work, when a request of latent `size` cannot take a
+    last image: its latent frames must end on a token group of the DiT (`videodit.last_frame`)."""
+    patch = tuple(pipe.dit.config.patch)
+    causal = bool(getattr(pipe.dit.config, "causal_tubelet", False))
+    if takes_last_frame(size[0], patch, causal):
+        return
+    ts = pipe.vae.temporal_stride
+    fits = [1 + ts * (T - 1) for T in range(2, size[0] + 2 * patch[0] + 1)
+            if takes_last_frame(T, patch, causal)]  # frame counts whose latent takes one
+    frames = 1 + (size[0] - 1) * ts
+    near = {max([f for f in fits if f <= frames], default=fits[0]), min(f for f in fits if f > frames)}
+    raise ValueError(f"a last image needs a frame count whose latent ends on a token group of this "
+                     f"checkpoint (tubelet {patch}, causal tubelet {causal}): ask for --frames "
+                     f"{' or '.join(map(str, sorted(near)))}")
+
+
+def last_frame_latent(frames: np.ndarray, size: tuple[int, int, int], pipe: Pipeline) -> torch.Tensor:
+    """The last image, uint8 (1, H0, W0, 3) -> its latent (C, 1, h, w) for a request of latent `size`: scaled
+    to cover and centre-cropped like a first frame, and encoded alone (`videodit.last_frame`). ValueError
+    when the request cannot take one (`check_last_frame_count`)."""
+    check_last_frame_count(size, pipe)
+    vae = pipe.vae
+    pixels = init_pixels(frames[:1], (1, size[1], size[2]), vae.temporal_stride, vae.spatial_stride)
+    return vae.encode(pixels[None].to(device=pipe.device, dtype=next(vae.parameters()).dtype))[0].float()
+
+
 def task_warnings(requests: list[VideoRequest], meta: dict) -> list[str]:
     """A line per conditioning task the requests use that the checkpoint was not trained for."""
     trained = set(meta.get("tasks", ["t2v"]))
-    used = {"i2v" for r in requests if r.image is not None} | {"extend" for r in requests if r.extend}
+    used = ({"i2v" for r in requests if r.image is not None and r.last_image is None}
+            | {"first_last" for r in requests if r.last_image is not None}
+            | {"extend" for r in requests if r.extend})
     return [f"warning: this checkpoint was not trained for {task} (its tasks: {sorted(trained)}); "
             f"expect the given frames to be ignored or to clash" for task in sorted(used - trained)]
 
 
 @torch.no_grad()
 def latent_request(pipe: Pipeline, request: VideoRequest, text: torch.Tensor, negative: torch.Tensor,
-                   init: np.ndarray | None = None, cond: np.ndarray | None = None) -> Request:
+                   init: np.ndarray | None = None, cond: np.ndarray | None = None,
+                   last: np.ndarray | None = None) -> Request:
     """One request with its encoded prompt and negative prompt `(L, D_text)` -> the sampler's `Request`:
-    its latent size, its init video's latent (`init` frames, SDEdit) and its conditioning prefix (`cond`
-    frames, see `conditioning_prefix`)."""
+    its latent size, its init video's latent (`init` frames, SDEdit), its conditioning prefix (`cond`
+    frames, see `conditioning_prefix`) and its last frame (`last`, see `last_frame_latent`)."""
     vae = pipe.vae
     ts, ss = vae.temporal_stride, vae.spatial_stride
     size = latent_shape(request.frames, request.height, request.width, ts, ss)
@@ -232,27 +263,29 @@ def latent_request(pipe: Pipeline, request: VideoRequest, text: torch.Tensor, ne
         prefix = conditioning_prefix(cond, size, pipe, str(request.image or request.extend))
     return Request(size=size, text=text, seed=request.seed,
                    negative=negative if request.negative_prompt else None, init=latent,
-                   strength=request.strength if latent is not None else 1.0, prefix=prefix)
+                   strength=request.strength if latent is not None else 1.0, prefix=prefix,
+                   last=None if last is None else last_frame_latent(last, size, pipe))
 
 
 @torch.no_grad()
 def sample_latents(pipe: Pipeline, requests: list[VideoRequest], settings: SamplingSettings,
                    inits: dict[int, np.ndarray] | None = None, progress: bool = True,
-                   conds: dict[int, np.ndarray] | None = None,
-                   token_budget: int | None = None) -> list[torch.Tensor]:
+                   conds: dict[int, np.ndarray] | None = None, token_budget: int | None = None,
+                   lasts: dict[int, np.ndarray] | None = None) -> list[torch.Tensor]:
     """Encode the prompts (and init videos), pack all requests into shared denoising passes -> one latent
     (C, T, h, w) per request. `inits`: {request index: its init video's frames, uint8 (F, H0, W0, 3)
     (`videodit.video_reader.first_frames`)} for video-to-video; `conds`: {request index: its
     `videodit.video_reader.read_conditioning` frames} for image-to-video and extension (kept as given,
-    see `conditioning_prefix`). `token_budget`: the most tokens one packed pass may hold (default and cap:
-    TOKEN_BUDGET; `videodit.budget.pass_token_budget` gives what fits the machine). A Wan pipeline samples
-    as diffusers' WanPipeline does (`videodit.wan_generate.sample_latents_wan`)."""
+    see `conditioning_prefix`); `lasts`: {request index: its last image, uint8 (1, H0, W0, 3)} (first and
+    last frame, see `last_frame_latent`). `token_budget`: the most tokens one packed pass may hold (default
+    and cap: TOKEN_BUDGET; `videodit.budget.pass_token_budget` gives what fits the machine). A Wan pipeline
+    samples as diffusers' WanPipeline does (`videodit.wan_generate.sample_latents_wan`)."""
     budget = min(TOKEN_BUDGET, token_budget or TOKEN_BUDGET)
     if pipe.scheduler is not None:
         return wan_generate.sample_latents_wan(pipe, requests, settings.steps, settings.cfg, budget, progress)
     states, _ = pipe.text.encode([r.prompt for r in requests] + [r.negative_prompt for r in requests])
     reqs = [latent_request(pipe, r, states[i], states[len(requests) + i], (inits or {}).get(i),
-                           (conds or {}).get(i)) for i, r in enumerate(requests)]
+                           (conds or {}).get(i), (lasts or {}).get(i)) for i, r in enumerate(requests)]
     return sample(
         pipe.dit, reqs, steps=settings.steps, sampler=settings.sampler, guidance=settings.cfg,
         flow_cfg=pipe.flow_cfg, device=pipe.device, dtype=pipe.dtype,
@@ -290,10 +323,10 @@ def write_png(path: Path, frame: np.ndarray) -> None:
 def generate(pipe: Pipeline, requests: list[VideoRequest], settings: SamplingSettings, fps: float = 16.0,
              inits: dict[int, np.ndarray] | None = None, progress: bool = True,
              conds: dict[int, np.ndarray] | None = None, token_budget: int | None = None,
-             still_png: bool = False) -> list[int]:
+             still_png: bool = False, lasts: dict[int, np.ndarray] | None = None) -> list[int]:
     """Sample every request together (in packed passes of at most `token_budget` tokens), then decode each
     to its mp4 -> frames written per request. `still_png`: a 1-frame request also gets `<out>.png`."""
-    latents = sample_latents(pipe, requests, settings, inits, progress, conds, token_budget)
+    latents = sample_latents(pipe, requests, settings, inits, progress, conds, token_budget, lasts)
     return [decode_to_mp4(z, r, pipe.vae, fps, **({"png": r.out.with_suffix(".png")}
                                                   if still_png and r.frames == 1 else {}))
             for r, z in zip(requests, latents)]

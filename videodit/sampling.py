@@ -38,6 +38,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteSche
 from tqdm.auto import tqdm
 
 from videodit.flow import FlowConfig, timestep_shift, to_velocity
+from videodit.last_frame import append_last_frame, last_frame_mask
 from videodit.packing import num_tokens, plan_rows
 from videodit.patchify import group_ends
 
@@ -61,6 +62,10 @@ class Request:
     # passes, and come back unchanged; k must end on a token group (latent frame 0 alone for i2v needs
     # the model's causal tubelet).
     prefix: torch.Tensor | None = None
+    # First-and-last-frame conditioning: the last image's 1-frame latent `(C, 1, h, w)`, encoded alone. It
+    # follows the video in a token group of its own (`videodit.last_frame`), kept like a prefix, and is not
+    # part of the result; T must end on a token group.
+    last: torch.Tensor | None = None
 
     def __post_init__(self):
         if len(self.size) != 3 or any(int(s) < 1 for s in self.size):
@@ -77,6 +82,15 @@ class Request:
             if k < 1 or k >= self.size[0] or tuple(self.prefix.shape[2:]) != self.size[1:]:
                 raise ValueError(f"conditioning prefix {tuple(self.prefix.shape)} must be (C, k, h, w) with "
                                  f"1 <= k < T and (h, w) of the request's latent size {self.size}")
+        if self.last is not None and (self.last.dim() != 4 or self.last.shape[1] != 1
+                                      or tuple(self.last.shape[2:]) != self.size[1:]):
+            raise ValueError(f"last-frame latent {tuple(self.last.shape)} must be (C, 1, h, w) with (h, w) "
+                             f"of the request's latent size {self.size}")
+
+    def denoised_size(self, patch: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The latent size the sampler denoises: the video's, plus the last frame's token group."""
+        T, h, w = self.size
+        return (T + patch[0] if self.last is not None else T, h, w)
 
 
 def make_scheduler(sampler: str, shift: float, steps: int):
@@ -107,7 +121,7 @@ def request_tokens(req: Request, patch: tuple[int, int, int], guided: bool, skip
                    causal: bool = False) -> int:
     """Tokens one request adds to every forward pass: its grid, once more for CFG's unconditional pass and
     once more for skip-layer guidance's pass."""
-    return num_tokens(req.size, patch, causal) * (1 + int(guided) + int(skip_pass))
+    return num_tokens(req.denoised_size(patch), patch, causal) * (1 + int(guided) + int(skip_pass))
 
 
 def check_guidance(model, guidance: float, interval: tuple[float, float] = (0.0, 1.0),
@@ -181,7 +195,7 @@ def sample(
             bar.update(1)
         bar.close()
         for i, s in zip(group, states):
-            out[i] = s.latent
+            out[i] = s.video
     return out  # type: ignore[return-value]
 
 
@@ -194,10 +208,12 @@ class Denoising:
 
     request: Request
     scheduler: Any  # a diffusers scheduler of its own (`make_scheduler`)
-    latent: torch.Tensor  # (C, T, h, w) float32 on the device: x at the current noise level
+    latent: torch.Tensor  # (C, T', h, w) float32 on the device: x at the current noise level (T' = T, or
+    # T + pt with a last frame's group)
     text: torch.Tensor  # (L, D_text) prompt tokens on the device, model dtype
     uncond: torch.Tensor  # (L_neg, D_text) the unconditional pass's text (negative prompt or empty)
-    prefix: torch.Tensor | None  # (C, k, h, w) float32 clean frames kept as given
+    given: torch.Tensor | None  # (C, T', h, w) float32: the clean values of the frames `cond` marks
+    cond: torch.Tensor | None  # (T',) bool: frames kept as given (prefix, last frame's group)
     start: int  # first scheduler step (> 0 for an SDEdit start)
     guidance: float = 5.0
     interval: tuple[float, float] = (0.0, 1.0)  # sigmas at which CFG and skip guidance apply
@@ -212,6 +228,16 @@ class Denoising:
     @property
     def done(self) -> bool:
         return self.calls >= self.total_calls
+
+    @property
+    def video(self) -> torch.Tensor:
+        """(C, T, h, w): the request's own latent frames (without a last frame's group)."""
+        return self.latent[:, : self.request.size[0]]
+
+    def impose(self) -> None:
+        """Put the given frames back exactly as given."""
+        if self.cond is not None:
+            self.latent[:, self.cond] = self.given[:, self.cond]
 
 
 def start_denoising(
@@ -228,12 +254,14 @@ def start_denoising(
     skip_set: frozenset[int] = frozenset(),
 ) -> Denoising:
     """A request's state before its first model call: its scheduler shifted by its own token count, its
-    seeded noise (SDEdit: the init latent noised to its first sigma), its conditioning prefix imposed."""
+    seeded noise (SDEdit: the init latent noised to its first sigma), its conditioning prefix and last
+    frame imposed."""
     check_guidance(model, guidance, interval, skip_guidance, tuple(skip_set))
     flow_cfg = flow_cfg or FlowConfig()
     patch = tuple(model.config.patch)
     causal = bool(getattr(model.config, "causal_tubelet", False))
-    sched = make_scheduler(sampler, timestep_shift(num_tokens(request.size, patch, causal), flow_cfg), steps)
+    size = request.denoised_size(patch)
+    sched = make_scheduler(sampler, timestep_shift(num_tokens(size, patch, causal), flow_cfg), steps)
     channels = int(model.config.in_channels)
     latent = initial_noise(channels, request.size, request.seed).to(device)  # float32 (C, T, h, w)
     start = 0
@@ -244,18 +272,28 @@ def start_denoising(
         s0 = float(sig[start])
         latent = (1.0 - s0) * request.init.to(device=device, dtype=torch.float32) + s0 * latent
         sched.set_begin_index(start)
-    prefix = None
+    given = cond = None
+    if request.prefix is not None or request.last is not None:
+        given, cond = torch.zeros_like(latent), torch.zeros(request.size[0], dtype=torch.bool, device=device)
     if request.prefix is not None:
-        prefix = request.prefix.to(device=device, dtype=torch.float32)
-        if prefix.shape[1] not in group_ends(request.size[0], patch, causal):
-            raise ValueError(f"a conditioning prefix of {prefix.shape[1]} latent frames does not end on a "
+        k = request.prefix.shape[1]
+        if k not in group_ends(request.size[0], patch, causal):
+            raise ValueError(f"a conditioning prefix of {k} latent frames does not end on a "
                              f"token group of patch {patch} (causal tubelet {causal}): this model cannot "
                              f"take it")
-        latent[:, : prefix.shape[1]] = prefix
-    uncond = request.text[:0] if request.negative is None else request.negative
-    return Denoising(request, sched, latent, request.text.to(device=device, dtype=dtype),
-                     uncond.to(device=device, dtype=dtype), prefix, start, guidance, tuple(interval),
-                     skip_guidance, frozenset(skip_set))
+        given[:, :k] = request.prefix.to(device=device, dtype=torch.float32)
+        cond[:k] = True
+    if request.last is not None:
+        last = request.last.to(device=device, dtype=torch.float32)
+        given = append_last_frame(given, last, patch, causal)  # (C, T + pt, h, w)
+        latent = torch.cat([latent, given[:, request.size[0]:]], dim=1)
+        cond = torch.cat([cond, last_frame_mask(request.size[0], patch)[request.size[0]:].to(device)])
+    state = Denoising(request, sched, latent, request.text.to(device=device, dtype=dtype),
+                      (request.text[:0] if request.negative is None else request.negative).to(device=device,
+                                                                                            dtype=dtype),
+                      given, cond, start, guidance, tuple(interval), skip_guidance, frozenset(skip_set))
+    state.impose()
+    return state
 
 
 @torch.no_grad()
@@ -264,7 +302,7 @@ def denoise_step(model, states: Sequence[Denoising], dtype: torch.dtype = torch.
     skip-guidance passes, packed into ONE `model.forward_samples` call. Updates the states in place."""
     assert states and not any(s.done for s in states), "denoise_step needs states that are not done"
     prediction = getattr(model.config, "prediction", "velocity")
-    any_prefix = any(s.prefix is not None for s in states)
+    any_cond = any(s.cond is not None for s in states)
     xs, ts, es, skips, frame_ts, plans = [], [], [], [], [], []
     for s in states:
         k = s.start + s.calls
@@ -272,9 +310,9 @@ def denoise_step(model, states: Sequence[Denoising], dtype: torch.dtype = torch.
         inside = s.interval[0] <= t_i <= s.interval[1]
         g = s.guidance != 1.0 and inside
         sg = s.skip_guidance > 0 and inside
-        frames = torch.full((s.request.size[0],), t_i)
-        if s.prefix is not None:
-            frames[: s.prefix.shape[1]] = 0.0
+        frames = torch.full((s.latent.shape[1],), t_i)
+        if s.cond is not None:
+            frames[s.cond.cpu()] = 0.0
         passes = [(s.text, frozenset())]
         if g:
             passes.append((s.uncond, frozenset()))
@@ -288,7 +326,7 @@ def denoise_step(model, states: Sequence[Denoising], dtype: torch.dtype = torch.
             frame_ts.append(frames)
         plans.append((s.scheduler.timesteps[k], g, sg))
     tt = torch.tensor(ts, device=states[0].latent.device, dtype=torch.float32)
-    extra = {"frame_timesteps": frame_ts} if any_prefix else {}
+    extra = {"frame_timesteps": frame_ts} if any_cond else {}
     if any(skips):
         extra["skip_blocks"] = skips
     preds = model.forward_samples(xs, tt, es, **extra)
@@ -308,6 +346,5 @@ def denoise_step(model, states: Sequence[Denoising], dtype: torch.dtype = torch.
             j += 1
         x = s.scheduler.step(v[None], timestep, s.latent[None], return_dict=False)[0]  # (1, C, T, h, w)
         s.latent = x[0]
-        if s.prefix is not None:  # the given frames stay exactly what was given
-            s.latent[:, : s.prefix.shape[1]] = s.prefix
+        s.impose()  # the given frames stay exactly what was given
         s.calls += 1

@@ -20,7 +20,7 @@ MAX_SIDE = 8192  # pixels
 MAX_FRAMES = 2**20  # beyond any machine; the memory estimate (videodit.budget) refuses far smaller requests
 FPS_RANGE = (0.01, 1000.0)  # frames per second an mp4 is written at
 PROMPT_KEYS = {"prompt", "frames", "res", "seed", "negative_prompt", "init_video", "strength", "image",
-               "extend"}
+               "last_image", "extend"}
 DEFAULT_STRENGTH = 0.6  # strength of a request with an init video and no strength
 
 
@@ -39,6 +39,7 @@ class VideoRequest:
     strength: float = 1.0  # sigma the init latent is noised to; 1 = from noise
     image: Path | None = None  # image-to-video: the first frame (an image, or a video's first frame)
     extend: Path | None = None  # video extension: keep this clip's frames, generate the rest
+    last_image: Path | None = None  # with `image`: the last frame (an image, or a video's first frame)
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -151,10 +152,20 @@ def check_init_video(value, what: str = "init video") -> Path:
     return path
 
 
+def check_last_image(with_image: bool, frames: int | None, last: str, image: str, frames_name: str) -> None:
+    """A last image needs a first one (first-and-last-frame) and more than one frame to reach it; the
+    names are the caller's (a flag or a field)."""
+    if not with_image:
+        raise ValueError(f"{last} gives the last frame together with the first: give {image} as well")
+    if frames is not None and frames < 2:
+        raise ValueError(f"{last} gives the last frame: ask for {frames_name} > 1 (got {frames})")
+
+
 def check_fields(item: dict, where: str = "") -> dict:
     """Check one request's fields (a prompts-file line, or a server request's body) -> the item unchanged.
 
-    ValueError messages start with `where`. Paths (init_video, image, extend) must exist as given."""
+    ValueError messages start with `where`. Paths (init_video, image, last_image, extend) must exist as
+    given."""
     unknown = sorted(set(item) - PROMPT_KEYS)
     if unknown:
         raise ValueError(f"{where}unknown key(s) {unknown}; valid: {sorted(PROMPT_KEYS)}")
@@ -178,12 +189,14 @@ def check_fields(item: dict, where: str = "") -> dict:
             check_init_video(item["init_video"])
         if "strength" in item:
             check_strength(item["strength"])
-        for key in ("image", "extend"):
+        for key in ("image", "last_image", "extend"):
             if key in item:
                 check_init_video(item[key], key)
         given = [k for k in ("init_video", "image", "extend") if k in item]
         if len(given) > 1:
             raise ValueError(f"give at most one of init_video, image, extend; got {given}")
+        if "last_image" in item:
+            check_last_image("image" in item, item.get("frames"), "last_image", "image", "frames")
     except ValueError as e:
         raise ValueError(f"{where}{e}") from None
     return item
@@ -241,6 +254,7 @@ def requests_from_items(items: list[dict], folder: Path, frames: int, height: in
             strength=line_strength,
             image=Path(item["image"]) if "image" in item else None,
             extend=Path(item["extend"]) if "extend" in item else None,
+            last_image=Path(item["last_image"]) if "last_image" in item else None,
         ))
     return requests
 

@@ -39,7 +39,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from videodit.pipeline import Pipeline, prefix_latent_frames
+from videodit.pipeline import Pipeline, check_last_frame_count, prefix_latent_frames
 from videodit.serve.admission import MemoryLimit, check_admission, pass_token_limit
 from videodit.serve.jobs import FINISHED, Job, JobStore, QueueFull, new_job_id
 from videodit.serve.spec import PATH_KEYS, JobSpec, confined_path, job_spec, parse_seconds, typed_form_fields
@@ -267,11 +267,18 @@ def build_app(pipe: Pipeline, store: JobStore, config: ServeConfig) -> FastAPI:
                                           Path(spec.extend) if spec.extend else None, spec.frames, config.fps)
         except ValueError as e:
             raise ValueError(f"{field}: {e}") from None
+        if spec.last_image:
+            try:
+                read_conditioning(Path(spec.last_image), None, spec.frames, config.fps)
+            except ValueError as e:
+                raise ValueError(f"last_image: {e}") from None
+        size = latent_shape(spec.frames, spec.height, spec.width, pipe.vae.temporal_stride,
+                            pipe.vae.spatial_stride)
         if given is not None:
-            size = latent_shape(spec.frames, spec.height, spec.width, pipe.vae.temporal_stride,
-                                pipe.vae.spatial_stride)
             prefix_latent_frames(given.shape[0], size, pipe.dit.config, pipe.vae.temporal_stride,
                                  "input_reference" if spec.image else "the video to extend")
+        if spec.last_image:
+            check_last_frame_count(size, pipe)
         check_admission(spec, pipe, pass_token_limit(config.memory, config.token_budget), config.memory)
 
     def queue_full() -> ApiError:

@@ -137,8 +137,11 @@ class Batcher:
         cond = None
         if request.image is not None or request.extend is not None:
             cond = read_conditioning(request.image, request.extend, request.frames, self.fps)
+        last = None
+        if request.last_image is not None:
+            last = read_conditioning(request.last_image, None, request.frames, self.fps)
         texts, _ = pipe.text.encode([request.prompt, request.negative_prompt])
-        latent_req = latent_request(pipe, request, texts[0], texts[1], init, cond)
+        latent_req = latent_request(pipe, request, texts[0], texts[1], init, cond, last)
         settings = sampling_settings(pipe.meta, steps=spec.steps, cfg=spec.cfg, sampler=spec.sampler)
         state = start_denoising(pipe.dit, latent_req, settings.steps, settings.sampler, settings.cfg,
                                 pipe.flow_cfg, pipe.device, pipe.dtype, settings.cfg_interval,
@@ -151,7 +154,7 @@ class Batcher:
         out = self.store.video_path(r.job_id)
         partial = out.with_name(f".{r.job_id}.partial.mp4")
         try:
-            decode_to_mp4(r.state.latent, replace(r.request, out=partial), self.pipe.vae, self.fps)
+            decode_to_mp4(r.state.video, replace(r.request, out=partial), self.pipe.vae, self.fps)
             os.replace(partial, out)
             thumb = Image.fromarray(decode_frames(out, [0])[0])
             write_atomic(self.store.thumbnail_path(r.job_id), _jpeg(thumb))

@@ -7,7 +7,8 @@ A JSON body carries typed values and is checked by the same rules as a prompts-f
 
 Fields beyond a prompts-file line: `seconds` (becomes round(seconds * fps) frames), `size` (WIDTHxHEIGHT),
 `model` (recorded; the server runs the one checkpoint it was started with), `input_reference` (the first
-frame, i.e. the prompts-file `image`), and the sampling settings `steps`, `cfg`, `sampler`.
+frame, i.e. the prompts-file `image`; with it, `last_image` gives the last frame), and the sampling settings
+`steps`, `cfg`, `sampler`.
 
 Every check raises ValueError with one line naming the field, the value and the valid range.
 """
@@ -24,6 +25,7 @@ from videodit.video_request import (
     PROMPT_KEYS,
     VideoRequest,
     check_fields,
+    check_last_image,
     check_positive_int,
     parse_resolution,
 )
@@ -31,7 +33,8 @@ from videodit.video_request import (
 SAMPLERS = ("euler", "heun", "unipc")  # videodit.sampling.SAMPLERS (not imported: checks stay torch-free)
 API_KEYS = {"seconds", "size", "model", "input_reference", "steps", "cfg", "sampler"}
 VALID_KEYS = PROMPT_KEYS | API_KEYS
-PATH_KEYS = ("init_video", "image", "extend")  # files: an upload, or a path under the server's input folder
+# files: an upload, or a path under the server's input folder
+PATH_KEYS = ("init_video", "image", "last_image", "extend")
 INT_KEYS = ("frames", "seed", "steps")
 FLOAT_KEYS = ("strength", "cfg")
 DEFAULT_SECONDS = 1.0
@@ -57,6 +60,7 @@ class JobSpec:
     strength: float = 1.0
     image: str | None = None  # image-to-video: the first frame
     extend: str | None = None  # extension: keep this clip's frames
+    last_image: str | None = None  # with `image`: the last frame
     model: str = ""
     seconds: str = ""  # as the API reports it
     remixed_from: str | None = None  # the job this one remixes
@@ -72,7 +76,7 @@ class JobSpec:
 
         return VideoRequest(self.prompt, self.frames, self.height, self.width, self.seed,
                             self.negative_prompt, out, path(self.init_video), self.strength, path(self.image),
-                            path(self.extend))
+                            path(self.extend), path(self.last_image))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -136,6 +140,8 @@ def job_spec(body: dict, fps: float, model: str, seed: int) -> JobSpec:
     item = {k: v for k, v in body.items() if k in PROMPT_KEYS}
     if "input_reference" in body:
         item["image"] = body["input_reference"]
+    if "last_image" in item and "image" not in item:  # named as this API names the first frame
+        check_last_image(False, None, "last_image", "input_reference (or image)", "frames")
     check_fields(item)
     if "seconds" in body:
         seconds = parse_seconds(body["seconds"])
@@ -160,12 +166,15 @@ def job_spec(body: dict, fps: float, model: str, seed: int) -> JobSpec:
         raise ValueError("strength needs init_video (it says how far to move from that video)")
     if "image" in item and frames < 2:
         raise ValueError(f"an image gives the first frame: ask for more than 1 frame (got {frames})")
+    if "last_image" in item:
+        check_last_image("image" in item, frames, "last_image", "input_reference (or image)", "frames")
     strength = item.get("strength", DEFAULT_STRENGTH) if "init_video" in item else 1.0
     return JobSpec(
         prompt=item["prompt"], frames=frames, height=height, width=width, seed=item.get("seed", seed),
         negative_prompt=item.get("negative_prompt", ""), steps=steps, cfg=None if cfg is None else float(cfg),
         sampler=sampler, init_video=item.get("init_video"), strength=float(strength), image=item.get("image"),
-        extend=item.get("extend"), model=model_name, seconds=f"{seconds:g}",
+        extend=item.get("extend"), last_image=item.get("last_image"), model=model_name,
+        seconds=f"{seconds:g}",
     )
 
 

@@ -201,6 +201,8 @@ $("form").addEventListener("submit", async (event) => {
     form.append(mode, file);
     if (mode === "init_video") form.append("strength", $("strength").value);
   }
+  const last = $("last-file").files[0];
+  if (last) form.append("last_image", last);
   try {
     const video = await api("/v1/videos", { method: "POST", body: form });
     show(video);
