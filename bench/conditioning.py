@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 
 from data.synthetic import load_eval_prompts, render_eval_clip
+from vae3d.atomic import write_text
 from videodit import pipeline
 from videodit.eval import analyse_clip, object_track
 from videodit.mp4 import read_mp4, write_mp4
@@ -88,6 +89,10 @@ def end_ok(out: np.ndarray, last: np.ndarray) -> bool:
                 and np.linalg.norm(got - want) <= END_TOLERANCE * np.hypot(H, W))
 
 
+def given_of(request: VideoRequest) -> dict:
+    return {k: getattr(request, k) for k in ("image", "extend", "last_image") if getattr(request, k)}
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dit", default="default", help="DiT checkpoint folder (default: the embedded model)")
@@ -98,6 +103,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tasks", nargs="+", choices=TASKS, help="default: those the checkpoint was trained for")
+    ap.add_argument("--out", type=Path, help="keep the inputs and mp4s here (default: a temporary folder)")
     args = ap.parse_args(argv)
     if args.num < 1 or args.frames < 9:
         ap.error("--num must be >= 1 and --frames >= 9 (the first half must span a latent frame)")
@@ -110,8 +116,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     settings = pipeline.sampling_settings(pipe.meta, steps=args.steps)
     height, width = args.res
     t0 = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(scratch) if args.out is None else args.out
+        tmp.mkdir(parents=True, exist_ok=True)
         requests, jobs, truths = [], [], []  # jobs: (task, prompt index) of each request
         for i, row in enumerate(rows):
             truth = render_eval_clip(row, args.seed + i, (height, width), args.frames)  # (F, H, W, 3)
@@ -130,6 +137,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         lasts = {j: read_conditioning(r.last_image, None, r.frames, FPS) for j, r in enumerate(requests)
                  if r.last_image is not None}
         pipeline.generate(pipe, requests, settings, FPS, conds=conds, progress=False, lasts=lasts)
+        if args.out is not None:  # what each mp4 was asked for, for docs/make_samples.py
+            write_text(args.out / "manifest.jsonl", "".join(
+                json.dumps({"task": task, "path": requests[j].out.name, "caption": rows[i]["caption"],
+                            **{k: Path(v).name for k, v in given_of(requests[j]).items()}}) + "\n"
+                for j, (task, i) in enumerate(jobs)))
         marks = {task: [] for task in tasks}
         for j, (task, i) in enumerate(jobs):
             row, request = rows[i], requests[j]

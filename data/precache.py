@@ -5,7 +5,9 @@
     deepspeed --num_accelerators N data/precache.py ...   (ranks split the shards)
 
 Layout of DIR:
-    shard_00000.safetensors   tensors `latent.<i>` (c, T, h, w) and `text.<i>` (L, D) for manifest rows i
+    shard_00000.safetensors   tensors `latent.<i>` (c, T, h, w) and `text.<i>` (L, D) for manifest rows i,
+                              and with --last-frame `last.<i>` (c, 1, h, w): the clip's last frame encoded
+                              alone (first-and-last-frame training, `videodit.last_frame`)
     shard_00000.json          that shard's sample list and settings hash (written last: it marks the shard
                               done)
     index.json                settings + every sample (path, caption, shard, latent shape, text length)
@@ -24,7 +26,8 @@ manifest's rows, the VAE's and the text encoder's weights, the clip sampling, th
 and dtype) are recorded, hashed, in every shard's record and in the index. A rerun with other settings
 into a folder that holds a cache is refused, naming what differs; `--rebuild` (`rebuild=True`) replaces
 that cache instead. A shard only counts as done when its record carries the current settings' hash, so
-two settings never mix in one cache.
+two settings never mix in one cache. `--last-frame` on a cache built the same way without it adds the last
+frames to its shards in place, without encoding the clips again.
 
 `LatentCache` skips, warns about and counts (`stats["skipped"]`) the samples of a shard that cannot be
 read (truncated, garbled), as the raw-video dataset does with a broken video.
@@ -43,11 +46,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from data.dataset import VideoDataset
+from data.dataset import VideoDataset, load_clip
 from data.manifest import read_manifest
-from data.sampling import SamplingConfig, latent_token_count
+from data.sampling import ClipPlan, SamplingConfig, latent_token_count
 from vae3d.atomic import temp_path, write_json
 
 log = logging.getLogger(__name__)
@@ -82,7 +85,14 @@ COMPARED = ("manifest_rows", "vae_weights", "text_encoder_weights", "text_max_le
 
 def settings_hash(settings: dict) -> str:
     compared = {k: settings.get(k) for k in COMPARED}
+    if settings.get("last_frame"):  # only when on, so caches built without last frames keep their hash
+        compared["last_frame"] = True
     return hashlib.sha256(json.dumps(compared, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def without_last_frame(settings: dict) -> dict:
+    """The settings of the same cache without the last frames stored."""
+    return {k: v for k, v in settings.items() if k != "last_frame"}
 
 
 def recorded_settings(out: Path) -> dict | None:
@@ -104,6 +114,8 @@ def check_settings(out: Path, settings: dict, rebuild: bool) -> None:
     old = recorded_settings(out)
     if old is None or settings_hash(old) == settings_hash(settings):
         return
+    if settings.get("last_frame") and settings_hash(old) == settings_hash(without_last_frame(settings)):
+        return  # the same cache without last frames: they are added to its shards (`add_last_frames`)
     differ = [k for k in COMPARED if old.get(k) != settings.get(k)] if old else ["none recorded, so all"]
     if rebuild:
         log.warning("rebuilding the latent cache in %s: %s changed", out, ", ".join(differ))
@@ -152,6 +164,31 @@ def encode_shard(ds: VideoDataset, rows: list[int], vae, text_encoder, out: Path
     return record
 
 
+@torch.no_grad()
+def add_last_frames(ds: VideoDataset, vae, out: Path, k: int, dtype: torch.dtype, settings: dict) -> dict:
+    """Shard k, built with the same settings but without last frames -> the same shard with them: each
+    sample's last frame is decoded alone at its planned size (the plan is a function of seed and row) and
+    encoded alone, as `encode_shard(last_frame=True)` would; the clips are not encoded again. Rewritten
+    atomically, tensors first, then the record that marks the shard done."""
+    record = json.loads((out / f"{shard_name(k)}.json").read_text())
+    tensors = load_file(str(out / f"{shard_name(k)}.safetensors"))
+    device = next(vae.parameters()).device
+    for sample in record["samples"]:
+        i = sample["index"]
+        plan = ds.plan(i)
+        if len(plan.indices) < 2:
+            continue
+        last = load_clip(ds.entries[i].path, ClipPlan((plan.indices[-1],), plan.height, plan.width))
+        latent = vae.encode(last[None].to(device))[0]  # (c, 1, h, w)
+        tensors[f"last.{i}"] = latent.to(dtype).contiguous().cpu()
+        sample["has_last"] = True
+    with temp_path(out / f"{shard_name(k)}.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    record.update(settings=settings, settings_hash=settings_hash(settings))
+    write_json(out / f"{shard_name(k)}.json", record, indent=1)
+    return record
+
+
 def write_index(out: Path, settings: dict, num_shards: int) -> Path | None:
     """Merge every shard's record into index.json once all shards are done with these settings (else
     None)."""
@@ -178,7 +215,8 @@ def precache(manifest: str | Path, out: str | Path, vae="default", text_encoder=
     prompts; the cache also stores the encoding of "" (EMPTY_TEXT).
     `sampling`: its temporal/spatial strides are replaced by the VAE's own.
     `rebuild`: replace a cache in `out` built with other settings (else that is a ValueError).
-    `last_frame`: also store each clip's last frame encoded alone (first-and-last-frame training).
+    `last_frame`: also store each clip's last frame encoded alone (first-and-last-frame training). A cache
+    in `out` built with the same settings without them gains them in place (`add_last_frames`).
     """
     from vae3d import io as vae3d_io
     from videodit.text_encoder import TextEncoder
@@ -228,6 +266,10 @@ def precache(manifest: str | Path, out: str | Path, vae="default", text_encoder=
     for k in range(rank, num_shards, world_size):
         if _shard_done(out, k, digest):
             log.info("shard %s already done, skipping", shard_name(k))
+            continue
+        if last_frame and _shard_done(out, k, settings_hash(without_last_frame(settings))):
+            rec = add_last_frames(ds, vae, out, k, dtype, settings)
+            log.info("added last frames to %s: %d clips", shard_name(k), len(rec["samples"]))
             continue
         for leftover in out.glob(f".{shard_name(k)}.tmp-*"):  # a write cut short by a kill
             leftover.unlink(missing_ok=True)

@@ -81,6 +81,32 @@ def test_last_frame_cache_stores_the_last_frame_encoded_alone(tmp_path, encoders
     assert stored > 0 and "last" not in LatentCache(tmp_path / "plain", patch=(1, 2, 2)).load(0)
 
 
+def test_last_frames_are_added_in_place_to_a_cache_built_without_them(tmp_path, encoders, monkeypatch):
+    """--last-frame on a cache built without it adds exactly the last frames a fresh --last-frame cache
+    holds, leaves the clip latents as they were and encodes no clip again."""
+    import data.precache as module
+
+    _, vae, te = encoders
+    manifest = make_dataset(tmp_path / "clips", num_clips=3)
+    sampling = SamplingConfig(min_tokens=4, max_tokens=24, patch=(1, 2, 2))
+    fresh = json.loads(precache(manifest, tmp_path / "fresh", vae, te, sampling, seed=5, shard_size=2,
+                                last_frame=True).read_text())
+    precache(manifest, tmp_path / "grown", vae, te, sampling, seed=5, shard_size=2)
+    before = LatentCache(tmp_path / "grown", patch=(1, 2, 2))
+    latents = [before.load(j)["latent"] for j in range(len(before))]
+    monkeypatch.setattr(module, "encode_shard", lambda *a, **k: pytest.fail("a clip was encoded again"))
+    grown = json.loads(precache(manifest, tmp_path / "grown", vae, te, sampling, seed=5, shard_size=2,
+                                last_frame=True).read_text())
+    assert grown["settings_hash"] == fresh["settings_hash"] and grown["samples"] == fresh["samples"]
+    a, b = LatentCache(tmp_path / "fresh", patch=(1, 2, 2)), LatentCache(tmp_path / "grown", patch=(1, 2, 2))
+    assert any("last" in a.load(j) for j in range(len(a)))
+    for j in range(len(a)):
+        x, y = a.load(j), b.load(j)
+        assert torch.equal(y["latent"], latents[j]) and ("last" in x) == ("last" in y)
+        if "last" in x:
+            torch.testing.assert_close(x["last"], y["last"], rtol=0, atol=0)
+
+
 def test_missing_index_refused(tmp_path):
     with pytest.raises(ValueError, match="index.json"):
         LatentCache(tmp_path)
