@@ -116,7 +116,8 @@ def check_settings(out: Path, settings: dict, rebuild: bool) -> None:
         return
     if settings.get("last_frame") and settings_hash(old) == settings_hash(without_last_frame(settings)):
         return  # the same cache without last frames: they are added to its shards (`add_last_frames`)
-    differ = [k for k in COMPARED if old.get(k) != settings.get(k)] if old else ["none recorded, so all"]
+    differ = ([k for k in (*COMPARED, "last_frame") if old.get(k) != settings.get(k)] if old
+              else ["none recorded, so all"])
     if rebuild:
         log.warning("rebuilding the latent cache in %s: %s changed", out, ", ".join(differ))
         return
