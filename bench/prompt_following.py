@@ -131,11 +131,16 @@ class Runner:
         self.pipe, self.settings, self.folder, self.latents = pipe, settings, folder, latents
         self.manifest: list[dict] = []
 
-    def clip(self, latent, name: str, frames: int, height: int, width: int, seed: int, caption: str):
-        """Decode as generate.py does, write, read back -> (frames, caption) for score_clips."""
-        request = VideoRequest(caption, frames, height, width, seed, "", self.folder / name)
-        pipeline.decode_to_mp4(latent, request, self.pipe.vae, 16.0)
-        return read_mp4(request.out), caption
+    def clips(self, latents: list, names: list[str], frames: int, height: int, width: int,
+              rows: list[dict], base: int) -> list:
+        """Decode as generate.py does (one shape: batched), write, read back -> [(frames, caption)] for
+        score_clips."""
+        requests = [VideoRequest(r["caption"], frames, height, width, base + i, "", self.folder / name)
+                    for i, (r, name) in enumerate(zip(rows, names))]
+        for group in pipeline.decode_groups(latents, requests, self.pipe.vae):
+            pipeline.decode_batch_to_mp4([latents[i] for i in group], [requests[i] for i in group],
+                                         self.pipe.vae, 16.0)
+        return [(read_mp4(r.out), r.prompt) for r in requests]
 
     def shape(self, rows: list[dict], frames: int, height: int, width: int, base: int,
               tag: str = "") -> tuple[list, list]:
@@ -151,15 +156,12 @@ class Runner:
             latents = pipeline.sample_latents(self.pipe, requests, self.settings, progress=False)
             if kept is not None:
                 torch.save(latents, kept)
-        generated, ceiling = [], []
-        for i, (z, r) in enumerate(zip(latents, rows)):
-            name = f"{tag}{base}-{i:04d}.mp4"
-            generated.append(self.clip(z, name, frames, height, width, base + i, r["caption"]))
-            self.manifest.append({"path": name, "caption": r["caption"]})
-            truth = render_eval_clip(r, base + i, (height, width), frames)  # (F, H, W, 3)
-            ceiling.append(self.clip(vae_latent(truth, vae, size), f"vae-{name}", frames, height, width,
-                                     base + i, r["caption"]))
-        return generated, ceiling
+        names = [f"{tag}{base}-{i:04d}.mp4" for i in range(len(rows))]
+        self.manifest += [{"path": name, "caption": r["caption"]} for name, r in zip(names, rows)]
+        truths = [vae_latent(render_eval_clip(r, base + i, (height, width), frames), vae, size)
+                  for i, r in enumerate(rows)]  # each prompt's ground truth (F, H, W, 3) through the VAE
+        return (self.clips(latents, names, frames, height, width, rows, base),
+                self.clips(truths, [f"vae-{n}" for n in names], frames, height, width, rows, base))
 
 
 def run_matrix(runner: Runner, rows: list[dict], cells: list[tuple[int, int, int, int]], base: int,

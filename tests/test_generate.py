@@ -196,13 +196,14 @@ def test_generate_vae_flag_decodes_with_the_named_vae(tiny_ckpt, tmp_path, capsy
     other = save_vae(CausalVAE3D(vae_cfg), tmp_path / "other_vae")
     argv = ["--prompt", "a red ball", "--frames", "5", "--res", "32x32", "--steps", "2",
             "--ckpt", str(tiny_ckpt)]
-    seen, real_decode = {}, pipeline.decode_to_mp4
+    seen, real_decode = {}, pipeline.decode_batch_to_mp4
 
-    def recording_decode(latent, request, vae, fps):
-        seen[request.out.stem] = (latent.clone(), {k: v.clone() for k, v in vae.state_dict().items()})
-        return real_decode(latent, request, vae, fps)
+    def recording_decode(latents, requests, vae, fps, pngs=None):
+        for latent, request in zip(latents, requests):
+            seen[request.out.stem] = (latent.clone(), {k: v.clone() for k, v in vae.state_dict().items()})
+        return real_decode(latents, requests, vae, fps, pngs)
 
-    monkeypatch.setattr(pipeline, "decode_to_mp4", recording_decode)
+    monkeypatch.setattr(pipeline, "decode_batch_to_mp4", recording_decode)
     for name, extra in {"own": [], "own_named": ["--vae", str(tiny_ckpt.parent / "vae")],
                         "other": ["--vae", str(other)]}.items():
         assert generate.main([*argv, *extra, "--out", str(tmp_path / f"{name}.mp4")]) == 0
@@ -245,6 +246,31 @@ def test_generate_prompts_file_packs_odd_shapes(tiny_ckpt, tmp_path, capsys, mon
 
 
 # ---- video-to-video ---------------------------------------------------------------------------------------
+def test_videos_of_one_shape_decode_as_one_batch_like_one_by_one(tmp_path):
+    """decode_batch_to_mp4 writes what decode_to_mp4 writes for each video; decode_groups batches equal
+    shapes only, up to DECODE_BATCH_PIXELS a frame (one at a time for a VAE that does not stream), and a
+    batch of mixed shapes is refused."""
+    torch.manual_seed(3)
+    vae = CausalVAE3D(VAEConfig(latent_channels=4, base_channels=8, channel_mult=(1, 1, 1))).eval()
+    latents = [torch.randn(4, 3, 4, 6) for _ in range(3)]
+    batch = [VideoRequest("a", 9, 28, 44, i, "", tmp_path / f"b{i}.mp4") for i in range(3)]
+    alone = [VideoRequest("a", 9, 28, 44, i, "", tmp_path / f"a{i}.mp4") for i in range(3)]
+    assert pipeline.decode_batch_to_mp4(latents, batch, vae, 8.0) == [9, 9, 9]
+    for z, r in zip(latents, alone):
+        pipeline.decode_to_mp4(z, r, vae, 8.0)
+    for a, b in zip(alone, batch):
+        assert np.abs(read_mp4(a.out).astype(int) - read_mp4(b.out).astype(int)).mean() < 0.5
+    small = VideoRequest("a", 9, 128, 128, 0, "", tmp_path / "s.mp4")
+    big = VideoRequest("a", 9, 512, 512, 0, "", tmp_path / "l.mp4")
+    zs, zb = torch.zeros(4, 3, 16, 16), torch.zeros(4, 3, 64, 64)
+    groups = pipeline.decode_groups([zs] * 20 + [zb] * 2 + [zs[:, :2]], [small] * 20 + [big] * 2 + [small],
+                                    vae)
+    assert groups == [list(range(16)), list(range(16, 20)), [20], [21], [22]]
+    assert pipeline.decode_groups([zs] * 3, [small] * 3, object()) == [[0], [1], [2]]
+    with pytest.raises(ValueError, match="one shape"):
+        pipeline.decode_batch_to_mp4([zs, zs[:, :2]], [small, small], vae, 8.0)
+
+
 def test_init_pixels_cover_crop_and_pad():
     """Frames are scaled to cover the latent's pixel size, centre-cropped, and the last frame repeated up
     to the VAE's whole temporal steps."""

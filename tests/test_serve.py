@@ -424,13 +424,14 @@ def test_a_job_joining_a_running_batch_midway_gets_the_latents_it_gets_alone(pip
     import videodit.serve.batcher as batcher_module
 
     latents = {}
-    real = batcher_module.decode_to_mp4
+    real = batcher_module.decode_batch_to_mp4
 
-    def keep(latent, request, vae, fps):
-        latents.setdefault(request.prompt, []).append(latent.clone())
-        return real(latent, request, vae, fps)
+    def keep(batch, requests, vae, fps):
+        for latent, request in zip(batch, requests):
+            latents.setdefault(request.prompt, []).append(latent.clone())
+        return real(batch, requests, vae, fps)
 
-    monkeypatch.setattr(batcher_module, "decode_to_mp4", keep)
+    monkeypatch.setattr(batcher_module, "decode_batch_to_mp4", keep)
     body = {"prompt": "the joiner", "size": "24x16", "extra_body": {"frames": 9, "seed": 7, "steps": 4}}
     with serving(pipe, tmp_path / "out", batcher=False) as (server, url):
         client = sdk(url)
