@@ -14,8 +14,9 @@ requests packed together through `videodit.pipeline` as `generate.py` would:
 
 and scores the mp4s it writes (`videodit.eval`):
 
-    i2v     first_psnr: PSNR (dB) of the output's first frame against the given image, beside vae_psnr, the
-            VAE's own reconstruction of it (goal: within 1 dB); colour, shape kept; motion as prompted
+    i2v     kept_psnr: PSNR (dB) of the output's first frame against the given image, beside vae_psnr, the
+            VAE's own reconstruction of it written to an mp4 the same way (goal: within 1 dB); colour,
+            shape kept; motion as prompted
     extend  kept_psnr / vae_psnr likewise over the kept frames; continuation: the frames after the kept ones
             move as prompted and keep the colour; seam: the object's centroid step across the boundary is
             at most 2x the clip's median step per frame (a still object: 2x max(median, 1 px))
@@ -31,6 +32,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,17 +59,17 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @torch.no_grad()
 def vae_round_trip(frames: np.ndarray, request: VideoRequest, pipe) -> np.ndarray:
-    """What the kept frames come back as: the conditioning prefix the pipeline makes of `frames`, decoded
-    and cropped like the output -> uint8 (k_f, H, W, 3)."""
+    """What the kept frames come back as: the conditioning prefix the pipeline makes of `frames`, decoded,
+    cropped and written to an mp4 like the output (so both went through the same H.264 encoder), read back
+    -> uint8 (k_f, H, W, 3)."""
     vae = pipe.vae
     size = latent_shape(request.frames, request.height, request.width, vae.temporal_stride,
                         vae.spatial_stride)
     prefix = pipeline.conditioning_prefix(frames, size, pipe, "bench")  # (C, k, h, w)
     kept = 1 + (prefix.shape[1] - 1) * vae.temporal_stride
-    pixels = vae.decode(prefix[None].to(next(vae.parameters()).dtype), num_frames=kept)[0]  # (3, k_f, H', W')
-    rows, cols = pipeline.crop_box(pixels.shape[-2:], (request.height, request.width))
-    pixels = ((pixels[:, :, rows, cols].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return pixels.permute(1, 2, 3, 0).cpu().numpy()
+    recon = replace(request, frames=kept, out=request.out.with_name(f"vae-{request.out.name}"))
+    pipeline.decode_to_mp4(prefix, recon, vae, FPS)
+    return read_mp4(recon.out)
 
 
 def seam_ok(frames: np.ndarray, boundary: int) -> bool | None:
