@@ -45,7 +45,7 @@ def ends(video: np.ndarray) -> list[np.ndarray]:
 def shape_rows(folder: Path) -> list[Image.Image]:
     captions = {r["path"]: r["caption"] for r in map(json.loads, (folder / "manifest.jsonl").open())}
     rows, seen = [], set()
-    for name in sorted(captions):  # "<F>x<H>x<W>-<seed base>-<i>.mp4"; the first clip of each cell
+    for name in captions:  # "<F>x<H>x<W>-<seed base>-<i>.mp4", in matrix order; the first clip of each cell
         cell = name.split("-")[0]
         if cell in seen:
             continue
