@@ -288,10 +288,10 @@ def start_denoising(
         given = append_last_frame(given, last, patch, causal)  # (C, T + pt, h, w)
         latent = torch.cat([latent, given[:, request.size[0]:]], dim=1)
         cond = torch.cat([cond, last_frame_mask(request.size[0], patch)[request.size[0]:].to(device)])
+    uncond = request.text[:0] if request.negative is None else request.negative
     state = Denoising(request, sched, latent, request.text.to(device=device, dtype=dtype),
-                      (request.text[:0] if request.negative is None else request.negative).to(device=device,
-                                                                                            dtype=dtype),
-                      given, cond, start, guidance, tuple(interval), skip_guidance, frozenset(skip_set))
+                      uncond.to(device=device, dtype=dtype), given, cond, start, guidance, tuple(interval),
+                      skip_guidance, frozenset(skip_set))
     state.impose()
     return state
 
