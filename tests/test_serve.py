@@ -327,22 +327,27 @@ def test_paths_in_requests_are_confined_to_the_input_folder(pipe, tmp_path):
 def test_input_reference_upload_and_data_url_give_the_first_frame(pipe, pipe_pt2, tmp_path):
     image = png_bytes()
     data_url = "data:image/png;base64," + base64.b64encode(image).decode()
-    with serving(pipe, tmp_path / "out") as (_, url):
+    with serving(pipe, tmp_path / "out") as (server, url):
         client = sdk(url)
         common = {"prompt": "a ball", "size": "40x24", "extra_body": {"frames": 9, "seed": 5}}
         upload = client.videos.create(input_reference=("first.png", image, "image/png"), **common)
         inline = client.videos.create(**{**common, "extra_body": {**common["extra_body"], "input_reference":
                                                                   data_url}})
         plain = client.videos.create(**common)
+        # the same image reached both jobs
+        stored = [Path(server.store.get(v.id).spec.image).read_bytes() for v in (upload, inline)]
+        assert stored[0] == stored[1] == image
         videos = {}
         for name, video in (("upload", upload), ("inline", inline), ("plain", plain)):
             assert wait(client, video.id).status == "completed"
             client.videos.download_content(video.id).write_to_file(tmp_path / f"{name}.mp4")
             videos[name] = read_mp4(tmp_path / f"{name}.mp4").astype(np.int16)
         assert videos["upload"].shape == (9, 24, 40, 3)
-        # the same request sent two ways (equal up to float rounding of the batch it shared, through x264)
-        assert np.abs(videos["upload"] - videos["inline"]).mean() < 0.5
-        assert np.abs(videos["upload"][0] - videos["plain"][0]).mean() > 2  # the image changes the start
+        # the same request sent two ways: equal up to float rounding of the batch it shared, which x264 can
+        # turn into visible differences, far below what the image changes
+        same = np.abs(videos["upload"] - videos["inline"]).mean()
+        changed = np.abs(videos["upload"][0] - videos["plain"][0]).mean()
+        assert changed > 2 and same < changed / 2
     with serving(pipe_pt2, tmp_path / "out2") as (_, url):
         with pytest.raises(openai.BadRequestError, match="needs model.causal_tubelet"):
             sdk(url).videos.create(prompt="a", input_reference=("first.png", image, "image/png"),
