@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import os
 import re
@@ -289,17 +290,12 @@ def build_app(pipe: Pipeline, store: JobStore, config: ServeConfig) -> FastAPI:
         if store.unfinished() >= config.max_queue:
             raise queue_full()
 
-    async def submit(job_id: str, body: dict, files: dict[str, UploadFile], form: bool,
-                     owned: dict[str, str] | None = None, remixed_from: str | None = None) -> dict:
-        """Check, size and queue a job -> its video object; on any refusal the job's files are removed."""
+    @contextlib.contextmanager
+    def files_removed_on_refusal(job_id: str):
+        """Any error inside removes the job's files; a ValueError becomes a 400 naming it, a full queue a
+        429."""
         try:
-            check_room()
-            typed = typed_form_fields(body) if form else body
-            resolved = await resolve_files(job_id, typed, files, owned or {})
-            spec = job_spec(resolved, config.fps, config.model_name, seed=secrets.randbelow(2**31))
-            spec.remixed_from = remixed_from
-            await run_in_threadpool(check_inputs, spec)
-            return video_object(store.add(job_id, spec))
+            yield
         except ValueError as e:
             store.remove_files(job_id)
             raise ApiError(400, "invalid_request", str(e)) from None
@@ -309,6 +305,18 @@ def build_app(pipe: Pipeline, store: JobStore, config: ServeConfig) -> FastAPI:
         except BaseException:
             store.remove_files(job_id)
             raise
+
+    async def submit(job_id: str, body: dict, files: dict[str, UploadFile], form: bool,
+                     owned: dict[str, str] | None = None, remixed_from: str | None = None) -> dict:
+        """Check, size and queue a job -> its video object; on any refusal the job's files are removed."""
+        with files_removed_on_refusal(job_id):
+            check_room()
+            typed = typed_form_fields(body) if form else body
+            resolved = await resolve_files(job_id, typed, files, owned or {})
+            spec = job_spec(resolved, config.fps, config.model_name, seed=secrets.randbelow(2**31))
+            spec.remixed_from = remixed_from
+            await run_in_threadpool(check_inputs, spec)
+            return video_object(store.add(job_id, spec))
 
     async def source_video(job_id: str, key: str, body: dict,
                            files: dict[str, UploadFile]) -> tuple[dict, str]:
@@ -378,17 +386,11 @@ def build_app(pipe: Pipeline, store: JobStore, config: ServeConfig) -> FastAPI:
         """Video-to-video on `video`: its frame count and size unless the body gives others."""
         body, files, form = await read_body(request)
         job_id = new_job_id()
-        try:
+        with files_removed_on_refusal(job_id):
             check_room()
             body, source = await source_video(job_id, "init_video", body, files)
             info = await run_in_threadpool(probe_video, source)
             body = typed_form_fields(body) if form else body
-        except ValueError as e:
-            store.remove_files(job_id)
-            raise ApiError(400, "invalid_request", str(e)) from None
-        except BaseException:
-            store.remove_files(job_id)
-            raise
         defaults = {} if {"seconds", "frames"} & set(body) else {"frames": info.num_frames}
         if not {"size", "res"} & set(body):
             defaults["size"] = f"{info.width}x{info.height}"
@@ -399,19 +401,13 @@ def build_app(pipe: Pipeline, store: JobStore, config: ServeConfig) -> FastAPI:
         """`video` continued by `seconds` more; its frames at the server's fps are kept (whole tokens)."""
         body, files, form = await read_body(request)
         job_id = new_job_id()
-        try:
+        with files_removed_on_refusal(job_id):
             check_room()
             body, source = await source_video(job_id, "extend", body, files)
             new = parse_seconds(body.pop("seconds", None))
             info = await run_in_threadpool(probe_video, source)
             kept = (await run_in_threadpool(frames_at_rate, source, config.fps, 10**6)).shape[0]
             body = typed_form_fields(body) if form else body
-        except ValueError as e:
-            store.remove_files(job_id)
-            raise ApiError(400, "invalid_request", str(e)) from None
-        except BaseException:
-            store.remove_files(job_id)
-            raise
         defaults = {"frames": kept + max(1, round(new * config.fps))}
         if not {"size", "res"} & set(body):
             defaults["size"] = f"{info.width}x{info.height}"
