@@ -19,11 +19,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import torch
 
+from bench.memory import peak_rss
 from vae3d import CausalVAE3D, VAEConfig
 
 OURS = VAEConfig()  # the VAEConfig defaults (conv pyramid): widths 32/64/128, 1 res block per level
@@ -118,11 +118,6 @@ def refiner_cost(frames: int, size_h: int, size_w: int, repeats: int = 3) -> dic
             "refiner_decode_time_ratio": round(times[32] / times[0], 3)}
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 @torch.no_grad()
 def memory_case(frames: int, size: int) -> dict:
     """Run in a subprocess: peak RSS above the baseline during streamed encode + decode_stream."""
@@ -130,27 +125,17 @@ def memory_case(frames: int, size: int) -> dict:
     m = CausalVAE3D(OURS).eval()
     video = torch.rand(1, 3, frames, size, size) * 2 - 1
     m.decode(m.encode(video[:, :, :9], chunk_frames=8), chunk_frames=8)  # warm allocator/kernels
-    base = _rss_bytes()
-    peak = [base]
-    done = threading.Event()
 
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.002)
+    def run() -> int:
+        z = m.encode(video, chunk_frames=8)
+        n = 0
+        for chunk in m.decode_stream(z, num_frames=frames, chunk_frames=8, tile=0):
+            n += chunk.shape[2]  # a consumer (e.g. an mp4 writer) would write and drop each chunk
+        return n
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    t0 = time.perf_counter()
-    z = m.encode(video, chunk_frames=8)
-    n = 0
-    for chunk in m.decode_stream(z, num_frames=frames, chunk_frames=8, tile=0):
-        n += chunk.shape[2]  # a consumer (e.g. an mp4 writer) would write and drop each chunk
-    seconds = time.perf_counter() - t0
-    done.set()
-    thread.join()
+    seconds, peak_mb, n = peak_rss(run)
     assert n == frames
-    return {"frames": frames, "peak_above_baseline_MB": round((peak[0] - base) / 2**20, 2),
+    return {"frames": frames, "peak_above_baseline_MB": round(peak_mb, 2),
             "seconds": round(seconds, 3)}
 
 

@@ -32,15 +32,14 @@ import argparse
 import ctypes
 import ctypes.util
 import json
-import os
 import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
 
 import torch
 
+from bench.memory import peak_rss
 from videodit.wan_diffusers import build_from_state_dict, to_videodit_state_dict, wan_dit_config
 
 SHAPES: list[tuple[int, int, int]] = [  # latent (T, h, w): tokens = T * h/2 * w/2
@@ -68,11 +67,6 @@ def real_tokens() -> int:
     return sum(t * (h // 2) * (w // 2) for t, h, w in SHAPES)
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def mmap_large_allocations() -> None:
     """Have glibc mmap every allocation >= 64 KiB, so a freed tensor leaves the resident set at once."""
     name = ctypes.util.find_library("c")
@@ -91,24 +85,7 @@ def measure(fn: Callable[[], object], device: torch.device) -> tuple[float, floa
         torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         return seconds, (torch.cuda.max_memory_allocated() - base) / 2**20, out
-    base = _rss_bytes()
-    peak = [base]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    t0 = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - t0
-    done.set()
-    thread.join()
-    peak[0] = max(peak[0], _rss_bytes())
-    return seconds, (peak[0] - base) / 2**20, out
+    return peak_rss(fn)
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float, object]:
