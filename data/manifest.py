@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from videodit.config import jsonl_objects
+
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 REQUIRED = ("path", "caption")
@@ -79,17 +81,9 @@ def _read_csv(path: Path) -> list[ClipEntry]:
 
 def _read_jsonl(path: Path) -> list[ClipEntry]:
     entries = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i + 1}: not valid JSON ({e})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{i + 1}: expected a JSON object, got {type(row).__name__}")
-        _check_columns(row.keys(), f"{path} (line {i + 1})")
-        entries.append(_entry(row, path.parent, f"{path}:{i + 1}"))
+    for where, row in jsonl_objects(path.read_text(encoding="utf-8"), str(path)):
+        _check_columns(row.keys(), where)
+        entries.append(_entry(row, path.parent, where))
     return entries
 
 

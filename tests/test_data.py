@@ -40,6 +40,16 @@ def test_manifest_missing_columns_named(tmp_path, header, missing):
         read_manifest(tmp_path / "m.jsonl")
 
 
+@pytest.mark.parametrize("second,why", [('{"path": "b.mp4"', "not valid JSON"),
+                                        ('["b.mp4"]', "expected a JSON object"),
+                                        ('{"path": "b.mp4"}', "missing required column")])
+def test_manifest_jsonl_bad_line_named(tmp_path, second, why):
+    good = json.dumps({"path": "a.mp4", "caption": "a red ball"})
+    (tmp_path / "m.jsonl").write_text(f"{good}\n\n{second}\n")
+    with pytest.raises(ValueError, match=f"m.jsonl:3.*{why}|{why}.*m.jsonl:3"):
+        read_manifest(tmp_path / "m.jsonl")
+
+
 # ------------------------------------------------------------------ decoding
 
 

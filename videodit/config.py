@@ -11,12 +11,29 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 C = TypeVar("C")
+
+
+def jsonl_objects(text: str, source: str) -> Iterator[tuple[str, dict]]:
+    """JSON Lines text -> (`source:line`, object) per non-blank line; ValueError naming the line for a line
+    that is not JSON or not a JSON object."""
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{source}:{lineno}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(item).__name__}")
+        yield where, item
 
 
 def _field_types(cls: type) -> dict[str, Any]:

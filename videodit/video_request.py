@@ -10,11 +10,12 @@ Fields a line leaves out take the caller's defaults (the seed: default seed + li
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from videodit.config import jsonl_objects
 
 MAX_SIDE = 8192  # pixels
 MAX_FRAMES = 2**20  # beyond any machine; the memory estimate (videodit.budget) refuses far smaller requests
@@ -208,17 +209,8 @@ def parse_prompts_file(text: str, source: str = "prompts file") -> list[dict]:
     ValueError messages name `source:line`. Relative init_video paths are taken as given (from the working
     directory)."""
     items = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{source}:{lineno}: "
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}not valid JSON ({e.msg})") from None
-        if not isinstance(item, dict):
-            raise ValueError(f"{where}expected a JSON object, got {type(item).__name__}")
-        check_fields(item, where)
+    for where, item in jsonl_objects(text, source):
+        check_fields(item, f"{where}: ")
         items.append(item)
     if not items:
         raise ValueError(f"{source} has no requests")
