@@ -95,7 +95,7 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="latent 1 has 3 channels but latent 0 has 4: mismatched channels"):
         pack([latents[0], torch.randn(3, 1, 2, 2)], texts[:2], PATCH)
     with pytest.raises(
-        ValueError, match="text embedding 1 has dim 5 but embedding 0 has 6: text dim mismatch"
+        ValueError, match="text embedding 1 has 5 dims but text embedding 0 has 6: mismatched dims"
     ):
         pack(latents[:2], [texts[0], torch.randn(2, 5)], PATCH)
     with pytest.raises(ValueError, match="2 latents but 1 text"):

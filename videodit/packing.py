@@ -118,20 +118,26 @@ def _keep_indices(num_tokens: int, drop_rate: DropRate, generator: torch.Generat
     return torch.randperm(num_tokens, generator=generator)[:kept].sort().values
 
 
+def _common_width(tensors: Sequence[torch.Tensor], layout: str, axis: int, noun: str, width: str) -> int:
+    """The size all `tensors` share on `axis`, each of `len(layout)` dims; ValueError naming the first that
+    is not."""
+    ndim = len(layout.split(","))
+    common = None
+    for i, x in enumerate(tensors):
+        if x.dim() != ndim:
+            raise ValueError(f"{noun} {i} must be ({layout}), got shape {tuple(x.shape)}")
+        if common is None:
+            common = x.shape[axis]
+        elif x.shape[axis] != common:
+            raise ValueError(f"{noun} {i} has {x.shape[axis]} {width} but {noun} 0 has {common}: "
+                             f"mismatched {width}")
+    return int(common)
+
+
 def _check_latents(latents: Sequence[torch.Tensor]) -> int:
     if len(latents) == 0:
         raise ValueError("empty sample list: pack needs at least one latent")
-    channels = None
-    for i, z in enumerate(latents):
-        if z.dim() != 4:
-            raise ValueError(f"latent {i} must be (C, T, H, W), got shape {tuple(z.shape)}")
-        if channels is None:
-            channels = z.shape[0]
-        elif z.shape[0] != channels:
-            raise ValueError(
-                f"latent {i} has {z.shape[0]} channels but latent 0 has {channels}: mismatched channels"
-            )
-    return int(channels)
+    return _common_width(latents, "C, T, H, W", 0, "latent", "channels")
 
 
 def _cu(lengths: list[int], device: torch.device) -> torch.Tensor:
@@ -157,16 +163,7 @@ def pack(
     channels = _check_latents(latents)
     if len(text_embeds) != len(latents):
         raise ValueError(f"got {len(latents)} latents but {len(text_embeds)} text embeddings")
-    text_dim = None
-    for i, e in enumerate(text_embeds):
-        if e.dim() != 2:
-            raise ValueError(f"text embedding {i} must be (L_text, D_text), got shape {tuple(e.shape)}")
-        if text_dim is None:
-            text_dim = e.shape[1]
-        elif e.shape[1] != text_dim:
-            raise ValueError(
-                f"text embedding {i} has dim {e.shape[1]} but embedding 0 has {text_dim}: text dim mismatch"
-            )
+    _common_width(text_embeds, "L_text, D_text", 1, "text embedding", "dims")
     device = latents[0].device
     tokens, pos, ids, grids, sizes, keep = [], [], [], [], [], []
     for i, z in enumerate(latents):
