@@ -2,7 +2,8 @@
 
 A config is a tree of dataclasses. YAML files list only what differs from the defaults; unknown keys
 anywhere are errors, and so are values of the wrong type. Each dataclass validates itself in
-`__post_init__`, which `from_dict` and `apply_overrides` re-run after every change.
+`__post_init__`, which `from_dict` and `apply_overrides` re-run after every change. `jsonl_objects` reads
+the JSON Lines inputs (manifests, prompts files) with errors that name the line.
 """
 
 from __future__ import annotations
