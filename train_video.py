@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from data.balanced_loader import CostBalancedLoader
+from data.loader import WeightedSource
 from data.precache import LatentCache
 from data.sampling import SamplingConfig
 from data.tasks import check_mix, condition_row
@@ -78,6 +79,10 @@ class DataConfig:
     max_frames: int = 33
     window: int = 32  # samples planned into rows together
     token_drop: float = 0.0  # NaViT token dropping: this share of each clip's tokens is left out of a row
+    # Sampling weights by size, latent cache only ({longest side in pixels: weight}): a cached clip whose
+    # longer side is at most a key (the smallest such key) is drawn that many times an epoch on average
+    # (0.1: one epoch in ten); a clip above every key is left out. Empty: every clip once an epoch.
+    size_weights: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self):
         check_mix(self.tasks)
@@ -86,6 +91,16 @@ class DataConfig:
                              f"{self.row_tokens}, {self.keep_tokens}")
         if not 0.0 <= self.token_drop < 1.0:
             raise ValueError(f"data.token_drop must be in [0, 1), got {self.token_drop}")
+        if self.size_weights and (not all(isinstance(k, int) and k > 0 for k in self.size_weights)
+                                  or not all(w >= 0 for w in self.size_weights.values())
+                                  or not any(w > 0 for w in self.size_weights.values())):
+            raise ValueError(f"data.size_weights must map sizes in pixels (integers > 0) to weights >= 0, "
+                             f"one of them > 0, got {self.size_weights}")
+
+    def size_weight(self, side: int) -> float:
+        """The data.size_weights weight of a clip whose longer side is `side` pixels."""
+        fits = [k for k in self.size_weights if side <= k]
+        return self.size_weights[min(fits)] if fits else 0.0
 
     def check_fits(self, rank_tokens: int, sequence: int) -> None:
         """A clip must fit a row of `sequence` ranks of `rank_tokens` tokens each."""
@@ -170,6 +185,9 @@ class RunConfig:
         if self.flow.pixel_weight > 0 and (self.data.token_drop > 0 or self.data.keep_tokens > 0):
             raise ValueError("flow.pixel_weight > 0 needs data.token_drop 0 (a dropped token has no x0 "
                              f"prediction to decode), got token_drop {self.data.token_drop}")
+        if self.data.size_weights and not self.data.cache:
+            raise ValueError("data.size_weights needs a latent cache (data.cache): it weighs clips by their "
+                             "cached size")
         sequence = self.parallel.sequence
         if self.flow.pixel_weight > 0 and sequence > 1:
             raise ValueError(f"flow.pixel_weight > 0 needs whole samples on one rank; it cannot run with "
@@ -213,6 +231,15 @@ def build_data(cfg: RunConfig, session: Session, groups: ParallelGroups, rank_to
             raise ValueError(f"data.tasks first_last needs each clip's last frame, and the latent cache "
                              f"{cfg.data.cache!r} has none: rebuild it with python -m data.precache "
                              f"--last-frame")
+        if cfg.data.size_weights:
+            stride = source.index["sampling"]["spatial_stride"]
+            weights = [cfg.data.size_weight(max(s["latent_shape"][2:]) * stride) for s in source.samples]
+            if not any(weights):
+                raise ValueError(f"data.size_weights {cfg.data.size_weights} gives every clip of the latent "
+                                 f"cache {cfg.data.cache!r} weight 0")
+            source = WeightedSource(source, weights, seed=cfg.train.seed)
+            log.info("data.size_weights: %d of %d cached clips drawn per epoch on average",
+                     round(sum(weights)), len(weights))
         encoders = None
     elif cfg.data.manifest:
         from data.dataset import VideoDataset

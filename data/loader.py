@@ -12,7 +12,8 @@ deterministic). Unreadable samples are skipped and counted in `source.stats["ski
 A source is anything with:
     `__len__()`, `stats` (dict), `set_epoch(epoch)`,
     `token_length(index) -> int | None` (None: unreadable), `load(index) -> dict | None`.
-`data.dataset.VideoDataset` (raw videos) and `data.precache.LatentCache` (latent cache) are sources.
+`data.dataset.VideoDataset` (raw videos) and `data.precache.LatentCache` (latent cache) are sources;
+`WeightedSource` wraps one to draw its samples with per-sample weights.
 """
 
 from __future__ import annotations
@@ -103,3 +104,38 @@ class PackedLoader:
                     f"rank {self.rank} of {self.world_size} has no readable samples "
                     f"({len(self.source)} in the source, {self.source.stats.get('skipped', 0)} skipped)"
                 )
+
+
+class WeightedSource:
+    """A source whose sample j is drawn floor(w_j) times an epoch, plus once more with probability
+    frac(w_j), the draw fixed by (seed, epoch): per-sample sampling weights, e.g. to train mostly on some
+    sizes while still seeing the others (weight 0 leaves a sample out). Its length is the current epoch's
+    draw; the loaders call `set_epoch` before they plan an epoch, so positions and resume stay exact."""
+
+    def __init__(self, source, weights: list[float], seed: int = 0):
+        if len(weights) != len(source):
+            raise ValueError(f"{len(weights)} weights for a source of {len(source)} samples")
+        if any(not w >= 0 for w in weights) or not any(w > 0 for w in weights):
+            raise ValueError("sampling weights must be >= 0 with at least one > 0")
+        self.source, self.weights, self.seed = source, list(weights), seed
+        self.stats = source.stats
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        rng = random.Random(f"videodit-weights-{self.seed}-{epoch}")
+        self.order = []
+        for j, w in enumerate(self.weights):
+            whole, frac = divmod(w, 1.0)
+            self.order += [j] * (int(whole) + (rng.random() < frac))
+        if not self.order:  # every draw missed: keep the heaviest sample so an epoch is never empty
+            self.order = [max(range(len(self.weights)), key=self.weights.__getitem__)]
+        self.source.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def token_length(self, i: int) -> int | None:
+        return self.source.token_length(self.order[i])
+
+    def load(self, i: int) -> dict | None:
+        return self.source.load(self.order[i])

@@ -51,3 +51,13 @@ def test_yaml_partial_and_unknown(tmp_path):
     bad.write_text("inner:\n  stepz: 7\n")
     with pytest.raises(ValueError, match="inner.stepz"):
         load_config(Outer, bad)
+
+
+def test_int_keyed_mapping_survives_the_json_round_trip_of_overrides():
+    import train_video
+
+    cfg = load_config(train_video.RunConfig, None, ["data.cache=c", "data.size_weights={160: 1.0, 1280: 0.5}",
+                                                    "train.lr=0.001"])
+    assert cfg.data.size_weights == {160: 1.0, 1280: 0.5}
+    with pytest.raises(ValueError, match="key"):
+        load_config(train_video.RunConfig, None, ["data.cache=c", "data.size_weights={big: 1.0}"])

@@ -91,3 +91,38 @@ def test_video_rows_skip_bad_files(tmp_path):
     assert ds.stats["skipped"] >= 5
     for row in rows:
         assert sum(ds.token_length(s["index"]) or 0 for s in row) <= 48
+
+
+def test_weighted_source_draws_each_sample_about_its_weight_per_epoch_and_resumes_exactly():
+    from data.loader import WeightedSource
+
+    weights = [0.0, 0.25, 1.0, 2.5] * 10
+    source = WeightedSource(FakeSource(40), weights, seed=3)
+    counts = [0] * 40
+    for epoch in range(200):
+        source.set_epoch(epoch)
+        for i in range(len(source)):
+            counts[source.order[i]] += 1
+    for j, w in enumerate(weights):
+        assert abs(counts[j] / 200 - w) < 0.2, (j, w, counts[j])
+    assert counts[0] == 0 and counts[2] == 200  # weight 0 never, weight 1 once every epoch
+    source.set_epoch(7)
+    first = list(source.order)
+    source.set_epoch(8)
+    assert source.order != first
+    source.set_epoch(7)
+    assert source.order == first  # fixed by (seed, epoch)
+    # a loader over it resumes exactly, across epochs of different lengths
+    loader = PackedLoader(WeightedSource(FakeSource(40), weights, seed=3), budget=20, seed=1, window=8)
+    it = iter(loader)
+    for _ in range(30):
+        next(it)
+    state = loader.state_dict()
+    tail = ids(itertools.islice(it, 40))
+    again = PackedLoader(WeightedSource(FakeSource(40), weights, seed=3), budget=20, seed=1, window=8)
+    again.load_state_dict(state)
+    assert ids(itertools.islice(iter(again), 40)) == tail
+    with pytest.raises(ValueError, match="weights"):
+        WeightedSource(FakeSource(4), [0.0] * 4)
+    with pytest.raises(ValueError, match="3 weights"):
+        WeightedSource(FakeSource(4), [1.0] * 3)

@@ -150,6 +150,36 @@ def test_first_last_trains_from_a_cache_with_last_frames_and_is_refused_without(
         run(assets, tmp_path / "no_last", **{**common, "data.cache": tmp_path / "plain"})
 
 
+def test_size_weights_draw_cached_clips_by_size(tmp_path, assets, one_rank, monkeypatch):
+    """data.size_weights: clips above every size key are never drawn; the setting needs a cache and
+    well-formed weights."""
+    from vae3d.io import load_vae
+
+    sampling = SamplingConfig(min_tokens=2, max_tokens=32, max_frames=9)
+    precache(assets["manifest"], tmp_path / "cache", load_vae(str(assets["vae"])), "default", sampling)
+    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    stride = index["sampling"]["spatial_stride"]
+    sides = sorted({max(s["latent_shape"][2:]) * stride for s in index["samples"]})
+    assert len(sides) > 1  # the cache holds clips of more than one size
+    loaded, real = [], train_video.LatentCache.load
+
+    def spy(self, j):
+        sample = real(self, j)
+        loaded.append(max(sample["latent"].shape[2:]) * stride)
+        return sample
+
+    monkeypatch.setattr(train_video.LatentCache, "load", spy)
+    metrics = run(assets, tmp_path / "small", **{"train.max_steps": 3, "data.cache": tmp_path / "cache",
+                                                 "data.size_weights": f"{{{sides[0]}: 2.0}}"})
+    assert len(metrics) == 3 and loaded and set(loaded) == {sides[0]}
+    with pytest.raises(ValueError, match="size_weights needs a latent cache"):
+        train_video.RunConfig(data=train_video.DataConfig(manifest="m.csv", size_weights={160: 1.0}))
+    with pytest.raises(ValueError, match="size_weights must map"):
+        train_video.DataConfig(size_weights={160: 0.0})
+    assert train_video.DataConfig(size_weights={160: 1.0, 1280: 0.03}).size_weight(320) == 0.03
+    assert train_video.DataConfig(size_weights={160: 1.0, 1280: 0.03}).size_weight(1440) == 0.0
+
+
 def test_keep_tokens_must_fit_a_row():
     with pytest.raises(ValueError, match="keep_tokens"):
         train_video.RunConfig(data=train_video.DataConfig(row_tokens=32, max_tokens=32, keep_tokens=64))

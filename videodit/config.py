@@ -81,7 +81,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (dict,):
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        if len(args) != 2:
+            return dict(value)
+        out = {}
+        for k, v in value.items():  # JSON (a saved config, an override round trip) makes every key a string
+            if args[0] is int and isinstance(k, str) and k.lstrip("-").isdigit():
+                k = int(k)
+            out[_coerce(k, args[0], f"{where} key")] = _coerce(v, args[1], f"{where}[{k!r}]")
+        return out
     if origin is typing.Literal:
         if value not in args:
             raise ValueError(f"{where}: {value!r} is not one of {list(args)}")
