@@ -288,7 +288,8 @@ def cached_source(cfg: RunConfig):
     """The loader source over data.cache: one LatentCache, or several in a row (they must share the VAE,
     text encoder and tubelet), drawn by their data.cache weights and data.size_weights."""
     caches = cfg.data.caches()
-    sources = [LatentCache(folder, patch=cfg.model.patch, causal=cfg.model.causal_tubelet) for folder, _ in caches]
+    sources = [LatentCache(folder, patch=cfg.model.patch, causal=cfg.model.causal_tubelet)
+               for folder, _ in caches]
     first = sources[0].index
     for (folder, _), s in zip(caches, sources):
         if cfg.data.tasks.get("first_last", 0) > 0 and not s.index.get("settings", {}).get("last_frame"):
