@@ -285,8 +285,8 @@ def build_data(cfg: RunConfig, session: Session, groups: ParallelGroups, rank_to
 
 
 def cached_source(cfg: RunConfig):
-    """The loader source over data.cache: one LatentCache, or several in a row (they must share the VAE,
-    text encoder and tubelet), drawn by their data.cache weights and data.size_weights."""
+    """The loader source over data.cache: one LatentCache, or several in a row (they must share the VAE
+    and text encoder), drawn by their data.cache weights and data.size_weights."""
     caches = cfg.data.caches()
     sources = [LatentCache(folder, patch=cfg.model.patch, causal=cfg.model.causal_tubelet)
                for folder, _ in caches]
