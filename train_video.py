@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from data.balanced_loader import CostBalancedLoader
-from data.loader import ConcatSource, WeightedSource
+from data.loader import WeightedSource
 from data.precache import LatentCache
 from data.sampling import SamplingConfig
 from data.tasks import check_mix, condition_row
@@ -59,9 +59,7 @@ log = logging.getLogger("train_video")
 @dataclass
 class DataConfig:
     manifest: str = ""  # CSV / JSONL / folder of clips (raw videos, encoded on the fly)
-    # latent cache folder from data.precache, used instead of the manifest when set; or a list of them,
-    # each "folder" or "folder:weight" (its clips drawn weight times an epoch on average; 1 by default)
-    cache: str | list[str] = ""
+    cache: str = ""  # latent cache folder from data.precache; used instead of the manifest when set
     vae: str = "default"  # vae3d.load_vae name/path (raw mode; recorded in checkpoints)
     text_encoder: str = "default"  # videodit.text_encoder name/path
     # token budget of one packed row per rank (= one micro-batch); a row of parallel.sequence ranks holds
@@ -93,26 +91,11 @@ class DataConfig:
                              f"{self.row_tokens}, {self.keep_tokens}")
         if not 0.0 <= self.token_drop < 1.0:
             raise ValueError(f"data.token_drop must be in [0, 1), got {self.token_drop}")
-        self.caches()  # its weights are checked here
         if self.size_weights and (not all(isinstance(k, int) and k > 0 for k in self.size_weights)
                                   or not all(w >= 0 for w in self.size_weights.values())
                                   or not any(w > 0 for w in self.size_weights.values())):
             raise ValueError(f"data.size_weights must map sizes in pixels (integers > 0) to weights >= 0, "
                              f"one of them > 0, got {self.size_weights}")
-
-    def caches(self) -> list[tuple[str, float]]:
-        """data.cache as (folder, weight) pairs; [] without a cache."""
-        out = []
-        for spec in [self.cache] if isinstance(self.cache, str) else self.cache:
-            folder, sep, weight = spec.rpartition(":")
-            try:
-                out.append((folder, float(weight)) if sep and folder else (spec, 1.0))
-            except ValueError:
-                out.append((spec, 1.0))
-        out = [(f, w) for f, w in out if f]
-        if any(not w >= 0 for _, w in out) or (out and not any(w > 0 for _, w in out)):
-            raise ValueError(f"data.cache weights must be >= 0, one of them > 0, got {self.cache}")
-        return out
 
     def size_weight(self, side: int) -> float:
         """The data.size_weights weight of a clip whose longer side is `side` pixels."""
@@ -285,45 +268,26 @@ def build_data(cfg: RunConfig, session: Session, groups: ParallelGroups, rank_to
 
 
 def cached_source(cfg: RunConfig):
-    """The loader source over data.cache: one LatentCache, or several in a row (they must share the VAE
-    and text encoder), drawn by their data.cache weights and data.size_weights."""
-    caches = cfg.data.caches()
-    sources = [LatentCache(folder, patch=cfg.model.patch, causal=cfg.model.causal_tubelet)
-               for folder, _ in caches]
-    first = sources[0].index
-    for (folder, _), s in zip(caches, sources):
-        if cfg.data.tasks.get("first_last", 0) > 0 and not s.index.get("settings", {}).get("last_frame"):
-            raise ValueError(f"data.tasks first_last needs each clip's last frame, and the latent cache "
-                             f"{folder!r} has none: rebuild it with python -m data.precache --last-frame")
-        for key in ("vae", "vae_weights", "text_encoder", "text_encoder_weights", "wan"):
-            if s.index.get(key) != first.get(key):
-                raise ValueError(f"latent caches {caches[0][0]!r} and {folder!r} differ in {key} "
-                                 f"({first.get(key)!r} vs {s.index.get(key)!r}): one run trains on one "
-                                 f"VAE and text encoder")
-    source = sources[0] if len(sources) == 1 else ConcatSource(sources)
-    weights = [w for (_, w), s in zip(caches, sources) for _ in s.samples]
-    if cfg.data.size_weights:
-        sizes = [max(x["latent_shape"][2:]) * s.index["sampling"]["spatial_stride"]
-                 for s in sources for x in s.samples]
-        weights = [w * cfg.data.size_weight(side) for w, side in zip(weights, sizes)]
+    """The loader source over data.cache, drawn by data.size_weights when set."""
+    source = LatentCache(cfg.data.cache, patch=cfg.model.patch, causal=cfg.model.causal_tubelet)
+    if cfg.data.tasks.get("first_last", 0) > 0 and not source.index.get("settings", {}).get("last_frame"):
+        raise ValueError(f"data.tasks first_last needs each clip's last frame, and the latent cache "
+                         f"{cfg.data.cache!r} has none: rebuild it with python -m data.precache --last-frame")
+    if not cfg.data.size_weights:
+        return source
+    stride = source.index["sampling"]["spatial_stride"]
+    weights = [cfg.data.size_weight(max(s["latent_shape"][2:]) * stride) for s in source.samples]
     if not any(weights):
-        raise ValueError(f"data.cache {cfg.data.cache} with data.size_weights {cfg.data.size_weights} gives "
-                         f"every cached clip weight 0")
-    if any(w != 1.0 for w in weights):
-        source = WeightedSource(source, weights, seed=cfg.train.seed)
-        log.info("%d of %d cached clips drawn per epoch on average (data.cache weights, data.size_weights)",
-                 round(sum(weights)), len(weights))
-    return source
+        raise ValueError(f"data.size_weights {cfg.data.size_weights} gives every clip of the latent cache "
+                         f"{cfg.data.cache!r} weight 0")
+    log.info("data.size_weights: %d of %d cached clips drawn per epoch on average", round(sum(weights)),
+             len(weights))
+    return WeightedSource(source, weights, seed=cfg.train.seed)
 
 
 def cache_index(cfg: RunConfig) -> dict | None:
-    """The latent cache's index.json (its VAE, text encoder and samples; with several caches, the first's,
-    holding the samples of all), or None without a cache."""
-    caches = cfg.data.caches()
-    if not caches:
-        return None
-    indexes = [json.loads((Path(folder) / "index.json").read_text()) for folder, _ in caches]
-    return {**indexes[0], "samples": [s for ix in indexes for s in ix["samples"]]}
+    """The latent cache's index.json (its VAE, text encoder and samples), or None without a cache."""
+    return json.loads((Path(cfg.data.cache) / "index.json").read_text()) if cfg.data.cache else None
 
 
 def build_pixel_decoder(cfg: RunConfig, device):
@@ -438,7 +402,7 @@ class DiTTask:
         self.empty_text = None  # a Wan model's padded "" text: what a dropped sample attends to
         if self.wan:
             self.empty_text = (wan_finetune.empty_text(encoders[1]) if encoders is not None
-                               else LatentCache.empty_text(cfg.data.caches()[0][0])).to(session.device)
+                               else LatentCache.empty_text(cfg.data.cache)).to(session.device)
         self.last_row: list[str] = []  # the paths of the row trained on last
 
     def init_from(self, model, folder: str) -> None:

@@ -13,12 +13,11 @@ A source is anything with:
     `__len__()`, `stats` (dict), `set_epoch(epoch)`,
     `token_length(index) -> int | None` (None: unreadable), `load(index) -> dict | None`.
 `data.dataset.VideoDataset` (raw videos) and `data.precache.LatentCache` (latent cache) are sources;
-`ConcatSource` puts several in a row; `WeightedSource` wraps one to draw its samples with per-sample weights.
+`WeightedSource` wraps one to draw its samples with per-sample weights.
 """
 
 from __future__ import annotations
 
-import bisect
 import random
 from collections.abc import Iterator
 
@@ -141,42 +140,3 @@ class WeightedSource:
     def load(self, i: int) -> dict | None:
         return self.source.load(self.order[i])
 
-
-class ConcatSource:
-    """Several sources in a row: sample i of the first, then of the second, ... (e.g. latent caches built
-    apart). `stats` sums theirs."""
-
-    def __init__(self, sources: list):
-        if not sources:
-            raise ValueError("ConcatSource needs at least one source")
-        self.sources = list(sources)
-        self.starts = [0]
-        for s in self.sources:
-            self.starts.append(self.starts[-1] + len(s))
-        self.stats: dict = {}
-        self._sum_stats()
-
-    def _sum_stats(self) -> None:
-        for key in ("skipped", "yielded"):
-            self.stats[key] = sum(s.stats.get(key, 0) for s in self.sources)
-
-    def _find(self, i: int):
-        k = bisect.bisect_right(self.starts, i) - 1
-        return self.sources[k], i - self.starts[k]
-
-    def __len__(self) -> int:
-        return self.starts[-1]
-
-    def set_epoch(self, epoch: int) -> None:
-        for s in self.sources:
-            s.set_epoch(epoch)
-
-    def token_length(self, i: int) -> int | None:
-        source, j = self._find(i)
-        return source.token_length(j)
-
-    def load(self, i: int) -> dict | None:
-        source, j = self._find(i)
-        sample = source.load(j)
-        self._sum_stats()
-        return sample

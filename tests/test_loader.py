@@ -127,18 +127,3 @@ def test_weighted_source_draws_each_sample_about_its_weight_per_epoch_and_resume
     with pytest.raises(ValueError, match="3 weights"):
         WeightedSource(FakeSource(4), [1.0] * 3)
 
-
-def test_concat_source_puts_sources_in_a_row_and_sums_their_stats():
-    from data.loader import ConcatSource
-
-    a, b = FakeSource(7), FakeSource(5)
-    both = ConcatSource([a, b])
-    assert len(both) == 12
-    assert [both.token_length(i) for i in range(12)] == [a.token_length(i) for i in range(7)] + [
-        b.token_length(i) for i in range(5)]
-    assert both.load(8)["index"] == 1  # the second source's sample 1
-    a.stats["skipped"], b.stats["skipped"] = 2, 3
-    both.load(0)
-    assert both.stats["skipped"] == 5
-    both.set_epoch(4)
-    assert a.epoch == b.epoch == 4

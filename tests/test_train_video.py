@@ -172,32 +172,6 @@ def test_size_weights_draw_cached_clips_by_size(tmp_path, assets, one_rank, monk
     metrics = run(assets, tmp_path / "small", **{"train.max_steps": 3, "data.cache": tmp_path / "cache",
                                                  "data.size_weights": f"{{{sides[0]}: 2.0}}"})
     assert len(metrics) == 3 and loaded and set(loaded) == {sides[0]}
-
-
-def test_several_caches_train_together_by_their_weights_and_must_share_the_vae(tmp_path, assets, one_rank,
-                                                                            monkeypatch):
-    from vae3d.io import load_vae
-
-    sampling = SamplingConfig(min_tokens=8, max_tokens=32, max_frames=9)
-    for name in ("a", "b"):
-        precache(assets["manifest"], tmp_path / name, load_vae(str(assets["vae"])), "default", sampling)
-    folders, real = [], train_video.LatentCache.load
-
-    def spy(self, j):
-        folders.append(self.folder.name)
-        return real(self, j)
-
-    monkeypatch.setattr(train_video.LatentCache, "load", spy)
-    metrics = run(assets, tmp_path / "two", **{"train.max_steps": 4,
-                                               "data.cache": f"[{tmp_path / 'a'}, {tmp_path / 'b'}:0]"})
-    assert len(metrics) == 4 and folders and set(folders) == {"a"}  # weight 0: b is never drawn
-    index = json.loads((tmp_path / "b" / "index.json").read_text())
-    (tmp_path / "b" / "index.json").write_text(json.dumps({**index, "vae": "another"}))
-    with pytest.raises(ValueError, match="differ in vae"):
-        run(assets, tmp_path / "mixed", **{"train.max_steps": 1,
-                                           "data.cache": f"[{tmp_path / 'a'}, {tmp_path / 'b'}]"})
-    with pytest.raises(ValueError, match="data.cache weights"):
-        train_video.DataConfig(cache=["a:-1"])
     with pytest.raises(ValueError, match="size_weights needs a latent cache"):
         train_video.RunConfig(data=train_video.DataConfig(manifest="m.csv", size_weights={160: 1.0}))
     with pytest.raises(ValueError, match="size_weights must map"):
